@@ -1,0 +1,72 @@
+"""The ``crl`` command: LightningCLI over `ImageClassifier` and any `ImageDataModule`.
+
+``crl fit|validate|test|predict --config CONFIG.yaml [--key value ...]``; configs use LightningCLI's
+``class_path``/``init_args`` form for the model, the data, the criterion, the optimizer and the scheduler.
+The DataModule's ``num_classes`` and ``in_chans`` are linked into the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from crl_lightning.classifier import ImageClassifier
+from crl_lightning.data.base import ImageDataModule
+
+__all__ = ["CRLCLI", "EXTRA_COMMANDS", "build_cli", "main"]
+
+
+class CRLCLI(LightningCLI):
+    """LightningCLI with data -> model links and ``--test_after_fit`` (test the best checkpoint after fit)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=False,
+            help="After `fit`, run `test` on the best checkpoint (the last weights when none was saved).",
+        )
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            checkpoint = self.trainer.checkpoint_callback
+            ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+#: Commands of ``crl`` that are not LightningCLI subcommands: name -> "module:function(args)".
+EXTRA_COMMANDS = {
+    "cv": "crl_lightning.cv:main",
+    "compare": "crl_lightning.compare:main",
+}
+
+
+def build_cli(args: Sequence[str] | None = None) -> CRLCLI:
+    """Parse ``args`` (default ``sys.argv[1:]``) and run the LightningCLI subcommand; return the CLI."""
+    return CRLCLI(
+        ImageClassifier,
+        ImageDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args) if args is not None else None,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``crl``: ``fit|validate|test|predict`` (LightningCLI) or one of `EXTRA_COMMANDS`."""
+    import importlib
+    import sys
+
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        module, func = EXTRA_COMMANDS[argv[0]].split(":")
+        getattr(importlib.import_module(module), func)(argv[1:])
+        return
+    build_cli(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,353 @@
+"""Competing Ratio Loss (CRL) and baseline criteria as pure functions.
+
+CRL (Zhang et al., "Competing Ratio Loss for Discriminative Multi-class Image Classification",
+paper Eq. 16) for logits ``z`` of shape (N, C), integer target ``c`` and ``p = softmax(z)``::
+
+    CRL(z, c) = -log p_c + beta * log(alpha + 1 - p_c)
+              = CE(z, c) + beta * log(alpha + sum_{k != c} p_k)
+
+Its true gradient (checked against autograd in float64 in ``tests/test_losses.py``) is::
+
+    dCRL/dz = (p - onehot(c)) * w,     w = 1 + beta * p_c / (alpha + 1 - p_c)
+
+so CRL is cross-entropy re-weighted per sample by ``w`` in ``[1, 1 + beta / alpha]``.
+**The paper's Eq. 17 has a sign error**: it writes ``(1 - beta * p_c / (alpha + 1 - p_c)) * p_j`` for
+``j != c``; the correct factor is ``(1 + ...)``. This module implements the true gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "competing_ratio_loss",
+    "focal_loss",
+    "poly1_cross_entropy",
+]
+
+_REDUCTIONS = ("none", "mean", "sum")
+#: Floor of ``1 - p_c`` when ``alpha == 0`` (the loss is unbounded below there). It equals the
+#: float32 machine epsilon, close to the authors' clamp of ``p`` to ``1 - 1e-7``.
+ALPHA0_FLOOR = float(torch.finfo(torch.float32).eps)
+
+
+def _check_common(logits: Tensor, target: Tensor, reduction: str, weight: Tensor | None) -> bool:
+    """Validate shapes/dtypes shared by all criteria; return True for soft (probability) targets."""
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits: expected a tensor of shape (N, C), got {got}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits: expected a floating-point tensor, got dtype {logits.dtype}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+    n, c = logits.shape
+    if weight is not None and (weight.ndim != 1 or weight.numel() != c):
+        raise ValueError(f"weight: expected a 1-D tensor of {c} per-class weights, got shape {tuple(weight.shape)}")
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"target: soft targets must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
+        return True
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"target: expected class indices (integer dtype) or soft targets (float), got {target.dtype}")
+    if target.shape != (n,):
+        raise ValueError(f"target: expected class indices of shape ({n},), got {tuple(target.shape)}")
+    return False
+
+
+def _check_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise if a (non-ignored) class index is outside ``[0, num_classes)``.
+
+    Checked for CPU tensors in eager mode only: on an accelerator the check would force a host sync
+    every step, so there the indexing kernel's own bounds assert reports it.
+    """
+    if target.device.type != "cpu" or torch.compiler.is_compiling() or target.numel() == 0:
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        value = int(target[bad][0])
+        raise ValueError(
+            f"target: expected class indices in [0, {num_classes}) or ignore_index={ignore_index}, got {value}"
+        )
+
+
+def _check_alpha_beta(alpha: float, beta: float) -> None:
+    if not alpha >= 0:  # also catches NaN
+        raise ValueError(f"alpha: expected alpha >= 0 (paper default 1.5; 0 is the authors' alpha_0 runs), got {alpha}")
+    if not beta >= 0:
+        raise ValueError(f"beta: expected beta >= 0 (paper default 1.0; 0 gives cross-entropy), got {beta}")
+
+
+def _compute_dtype(logits: Tensor) -> Tensor:
+    """Logits in the dtype the criteria compute in: float64 stays, anything else becomes float32."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _reduce(loss: Tensor, denom: Tensor | float, reduction: str) -> Tensor:
+    """Reduce per-sample losses; ``mean`` divides by ``denom`` and is 0 (not NaN) when ``denom == 0``."""
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if isinstance(denom, Tensor):
+        denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+    return total / denom
+
+
+class _FusedCRL(torch.autograd.Function):
+    """Hard-target CRL computing the softmax once and the closed-form gradient ``(p - y) * w``.
+
+    Saves only the float32 softmax ``p`` (N, C) plus per-row scalars, as cross-entropy saves its
+    log-softmax. Reduction happens inside so a call is a single autograd node.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, alpha, beta, ignore_index, reduction):  # noqa: D417
+        x = logits.float()
+        m = x.amax(dim=1, keepdim=True)
+        p = (x - m).exp_()
+        s = p.sum(dim=1, keepdim=True)
+        valid = target != ignore_index
+        tgt = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)
+        x_c = x.gather(1, tgt)
+        nll = (s.log() + m - x_c).squeeze(1)
+        if alpha > 0:
+            p.div_(s)
+            p_c = p.gather(1, tgt).squeeze(1)
+            q = (1.0 - p_c).clamp_min_(0.0)
+            term = torch.log(alpha + q)
+        else:
+            # 1 - p_c from the other classes' mass: exact even when p_c rounds to 1.
+            q = (p.scatter(1, tgt, 0.0).sum(dim=1, keepdim=True) / s).squeeze(1)
+            p.div_(s)
+            p_c = p.gather(1, tgt).squeeze(1)
+            term = torch.log(q.clamp_min(ALPHA0_FLOOR))
+        sample_w = valid.float()
+        if weight is not None:
+            sample_w = sample_w * weight.float()[tgt.squeeze(1)]
+        loss = (nll + beta * term) * sample_w
+        denom = sample_w.sum()
+        out = _reduce(loss, denom, reduction)
+        w = 1.0 + beta * p_c / (alpha + (q if alpha > 0 else q.clamp_min(ALPHA0_FLOOR)))
+        ctx.save_for_backward(p, tgt, q, w * sample_w, denom)
+        ctx.reduction = reduction
+        ctx.in_dtype = logits.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        p, tgt, q, coef, denom = ctx.saved_tensors
+        if ctx.reduction == "mean":
+            grad_out = grad_out / torch.where(denom > 0, denom, torch.ones_like(denom))
+        f = (coef * grad_out).unsqueeze(1)  # (N, 1): per-row factor, 0 for ignored rows
+        grad = p * f
+        grad.scatter_(1, tgt, -q.unsqueeze(1) * f)  # (p_c - 1) * f, written via 1 - p_c = q
+        return grad.to(ctx.in_dtype), None, None, None, None, None, None
+
+
+def _crl_composite(
+    logits: Tensor,
+    target: Tensor,
+    alpha: float,
+    beta: float,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    soft: bool,
+) -> Tensor:
+    """CRL with plain autograd ops; handles soft targets and label smoothing (see `competing_ratio_loss`)."""
+    x = _compute_dtype(logits)
+    logp = F.log_softmax(x, dim=1)
+    n, num_classes = x.shape
+    w_cls = None if weight is None else weight.to(x.dtype)
+
+    def log_term(lp: Tensor) -> Tensor:
+        q = -torch.expm1(lp)  # 1 - p, accurate near p = 1
+        if alpha > 0:
+            return torch.log(alpha + q.clamp_min(0.0))
+        return torch.log(q.clamp_min(ALPHA0_FLOOR))
+
+    def per_class(lp: Tensor) -> Tensor:  # per-class CRL terms: -log p_k + beta * log(alpha + 1 - p_k)
+        return -lp + beta * log_term(lp)
+
+    if soft:
+        t = target.to(x.dtype)
+        if label_smoothing > 0:
+            t = t * (1.0 - label_smoothing) + label_smoothing / num_classes
+        tw = t if w_cls is None else t * w_cls
+        loss = (tw * per_class(logp)).sum(dim=1)
+        return _reduce(loss, float(n), reduction)
+
+    valid = target != ignore_index
+    tgt = torch.where(valid, target, torch.zeros_like(target)).long()
+    sample_w = valid.to(x.dtype) if w_cls is None else valid.to(x.dtype) * w_cls[tgt]
+    loss = per_class(logp.gather(1, tgt.unsqueeze(1)).squeeze(1)) * sample_w
+    if label_smoothing > 0:
+        all_terms = per_class(logp)
+        if w_cls is not None:
+            all_terms = all_terms * w_cls
+        smooth = all_terms.sum(dim=1) * valid.to(x.dtype) / num_classes
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+    return _reduce(loss, sample_w.sum(), reduction)
+
+
+def competing_ratio_loss(
+    logits: Tensor,
+    target: Tensor,
+    alpha: float = 1.5,
+    beta: float = 1.0,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    fused: bool = True,
+) -> Tensor:
+    r"""Competing Ratio Loss, paper Eq. 16: ``CE(z, c) + beta * log(alpha + 1 - p_c)``.
+
+    Computed in float32 whatever the logits' dtype (float16/bfloat16 logits under autocast are upcast),
+    in a stable form: no softmax-then-log, finite for any finite logits. ``beta = 0`` gives
+    ``F.cross_entropy`` exactly, with the same ``weight`` / ``ignore_index`` / ``reduction`` /
+    ``label_smoothing`` semantics. The loss is bounded below by ``beta * log(alpha)``.
+
+    The gradient is ``(p - onehot(c)) * (1 + beta * p_c / (alpha + 1 - p_c))``. The paper's Eq. 17 prints
+    ``1 - beta * ...`` for the wrong classes: that is a sign error, corrected here.
+
+    Options:
+        * ``weight``: per-class weights ``w``; each sample's loss is multiplied by ``w[c]`` and
+          ``"mean"`` divides by the sum of ``w[c]`` over non-ignored samples, as in ``F.cross_entropy``.
+        * ``ignore_index``: rows with this target contribute 0 and are never gathered. A batch in
+          which every row is ignored gives 0 with ``"mean"`` (``F.cross_entropy`` gives NaN), so a fully
+          masked batch cannot poison the weights.
+        * ``label_smoothing`` (eps): the hard target becomes ``(1 - eps) * onehot + eps / C`` and both
+          terms use it, i.e. ``(1 - eps) * CRL_c + eps / C * sum_k CRL_k`` (with ``CRL_k`` the loss as if
+          the target were ``k``); the ``mean`` denominator is as for hard targets.
+        * Soft targets (this project's extension, for mixup/cutmix): ``target`` of shape (N, C), rows
+          summing to 1: ``sum_k t_k * (-log p_k + beta * log(alpha + 1 - p_k))``, i.e.
+          ``CE_soft + beta * sum_k t_k log(alpha + 1 - p_k)``; ``"mean"`` divides by N as in
+          ``F.cross_entropy`` with probabilities.
+        * ``alpha = 0`` (the authors' ``alpha_0`` runs): the term ``log(1 - p_c)`` is unbounded below,
+          so ``1 - p_c`` is computed from the other classes' probability mass (exact when ``p_c``
+          rounds to 1) and floored at `ALPHA0_FLOOR` (float32 eps, close to the authors' clamp).
+
+    Hard targets without label smoothing use a fused autograd function (softmax computed once,
+    closed-form gradient, memory as cross-entropy); other cases, or ``fused=False``, use plain
+    autograd ops (the reference implementation).
+
+    Args:
+        logits: (N, C) float16/bfloat16/float32/float64 unnormalised scores.
+        target: (N,) integer class indices in ``[0, C)`` (or ``ignore_index``), or (N, C) float
+            probabilities (soft targets).
+        alpha: ``alpha >= 0``; paper default 1.5. Keeps the log argument positive.
+        beta: ``beta >= 0``; paper default 1.0. Weight of the competing-ratio term.
+        weight: optional (C,) per-class weights (any float dtype; used in float32).
+        ignore_index: target value to ignore (hard targets only).
+        reduction: ``"none"`` (per-sample, shape (N,)), ``"mean"`` or ``"sum"`` (scalars).
+        label_smoothing: eps in ``[0, 1]``.
+        fused: use the fused autograd function when the options allow it.
+
+    Returns:
+        float32 tensor (float64 for float64 logits): scalar, or (N,) with ``reduction="none"``.
+
+    Raises:
+        ValueError: bad shapes, ``alpha < 0``, ``beta < 0``, unknown reduction, label_smoothing
+            outside [0, 1], or a class index outside ``[0, C)`` that is not ``ignore_index``.
+        TypeError: non-float logits or a target that is neither integer nor float.
+
+    Example:
+        >>> logits = torch.randn(8, 10, requires_grad=True)
+        >>> target = torch.randint(0, 10, (8,))
+        >>> loss = competing_ratio_loss(logits, target, alpha=1.5, beta=1.0)
+        >>> loss.backward()
+    """
+    _check_alpha_beta(alpha, beta)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
+    soft = _check_common(logits, target, reduction, weight)
+    if not soft:
+        _check_range(target, logits.shape[1], ignore_index)
+    if logits.dtype == torch.float64:
+        fused = False  # the fused path computes in float32; keep float64 exact (gradcheck)
+    if fused and not soft and label_smoothing == 0.0:
+        return _FusedCRL.apply(logits, target, weight, float(alpha), float(beta), ignore_index, reduction)
+    return _crl_composite(logits, target, alpha, beta, weight, ignore_index, reduction, label_smoothing, soft)
+
+
+def focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    gamma: float = 2.0,
+    alpha: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Multi-class focal loss (Lin et al. 2017, Eq. 5): ``-alpha_c * (1 - p_c)^gamma * log p_c``.
+
+    The gradient flows through the focal factor ``(1 - p_c)^gamma`` (it is not detached). ``gamma = 0``
+    with no ``alpha`` equals ``F.cross_entropy``. ``"mean"`` divides by the number of non-ignored rows.
+
+    Args:
+        logits: (N, C) float logits; computed in float32 (float64 kept).
+        target: (N,) integer class indices.
+        gamma: focusing parameter ``>= 0``.
+        alpha: optional (C,) per-class weights ``alpha_c``.
+        ignore_index: target value whose rows contribute 0.
+        reduction: ``"none"`` (N,), ``"mean"`` or ``"sum"``.
+
+    Returns:
+        The loss (scalar, or (N,) for ``"none"``).
+
+    Raises:
+        ValueError: ``gamma < 0``, bad shapes, soft targets, or out-of-range class indices.
+    """
+    if not gamma >= 0:
+        raise ValueError(f"gamma: expected gamma >= 0, got {gamma}")
+    if _check_common(logits, target, reduction, alpha):
+        raise ValueError("target: focal_loss expects (N,) class indices, got soft (N, C) targets")
+    _check_range(target, logits.shape[1], ignore_index)
+    x = _compute_dtype(logits)
+    valid = target != ignore_index
+    tgt = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)
+    logp_c = F.log_softmax(x, dim=1).gather(1, tgt).squeeze(1)
+    q = -torch.expm1(logp_c)  # 1 - p_c
+    loss = -(q.clamp_min(0.0) ** gamma) * logp_c * valid.to(x.dtype)
+    if alpha is not None:
+        loss = loss * alpha.to(x.dtype)[tgt.squeeze(1)]
+    return _reduce(loss, valid.sum().to(x.dtype), reduction)
+
+
+def poly1_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    epsilon: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Poly-1 loss (Leng et al., PolyLoss, ICLR 2022, Eq. 3): ``CE + epsilon * (1 - p_c)``.
+
+    Args:
+        logits: (N, C) float logits; computed in float32 (float64 kept).
+        target: (N,) integer class indices.
+        epsilon: coefficient of the first polynomial term (paper default 1.0).
+        ignore_index: target value whose rows contribute 0.
+        reduction: ``"none"`` (N,), ``"mean"`` (over non-ignored rows) or ``"sum"``.
+
+    Returns:
+        The loss (scalar, or (N,) for ``"none"``).
+
+    Raises:
+        ValueError: bad shapes, soft targets, or out-of-range class indices.
+    """
+    if _check_common(logits, target, reduction, None):
+        raise ValueError("target: poly1_cross_entropy expects (N,) class indices, got soft (N, C) targets")
+    _check_range(target, logits.shape[1], ignore_index)
+    x = _compute_dtype(logits)
+    valid = target != ignore_index
+    tgt = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)
+    logp_c = F.log_softmax(x, dim=1).gather(1, tgt).squeeze(1)
+    loss = (-logp_c - epsilon * torch.expm1(logp_c)) * valid.to(x.dtype)
+    return _reduce(loss, valid.sum().to(x.dtype), reduction)

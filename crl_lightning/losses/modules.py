@@ -1,0 +1,188 @@
+"""Thin ``nn.Module`` wrappers over `crl_lightning.losses.functional`, registered by name."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from crl_lightning.losses import functional as LF
+from crl_lightning.losses.registry import register_criterion
+
+__all__ = [
+    "CompetingRatioLoss",
+    "CrossEntropyLoss",
+    "FocalLoss",
+    "LabelSmoothingCrossEntropy",
+    "Poly1CrossEntropyLoss",
+]
+
+
+class _WeightedCriterion(nn.Module):
+    """Holds an optional per-class ``weight`` as a non-persistent float32 buffer (moves with ``.to``)."""
+
+    weight: Tensor | None
+
+    def __init__(self, weight: list[float] | Tensor | None = None) -> None:
+        super().__init__()
+        if weight is not None:
+            weight = torch.as_tensor(weight, dtype=torch.float32)
+            if weight.ndim != 1:
+                raise ValueError(f"weight: expected a 1-D list of per-class weights, got shape {tuple(weight.shape)}")
+        self.register_buffer("weight", weight, persistent=False)
+
+
+@register_criterion("crl")
+class CompetingRatioLoss(_WeightedCriterion):
+    r"""Competing Ratio Loss, paper Eq. 16: ``CE(z, c) + beta * log(alpha + 1 - p_c)``.
+
+    See `crl_lightning.losses.functional.competing_ratio_loss` for the options, the stable float32
+    computation and the true gradient ``(p - onehot(c)) * (1 + beta * p_c / (alpha + 1 - p_c))``
+    (the paper's Eq. 17 has a sign error).
+
+    Args:
+        alpha: ``>= 0``, paper default 1.5 (Table I sweeps 1, 1.5, 2).
+        beta: ``>= 0``, paper default 1.0 (Table I sweeps 0 .. 1); 0 gives cross-entropy.
+        weight: optional per-class weights, length C (kept float32 under autocast).
+        ignore_index: target value to ignore.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        label_smoothing: eps in [0, 1].
+        fused: use the fused autograd function where the options allow it.
+
+    Shape:
+        - logits: (N, C), any float dtype.
+        - target: (N,) integer class indices, or (N, C) probabilities.
+        - output: scalar float32, or (N,) with ``reduction="none"``.
+
+    Raises:
+        ValueError: ``alpha < 0`` or ``beta < 0`` (at construction), and bad inputs (at call).
+
+    Example:
+        >>> criterion = CompetingRatioLoss(alpha=1.5, beta=1.0)
+        >>> logits = torch.randn(4, 10, requires_grad=True)
+        >>> criterion(logits, torch.tensor([0, 3, 9, 1])).backward()
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.5,
+        beta: float = 1.0,
+        weight: list[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        fused: bool = True,
+    ) -> None:
+        super().__init__(weight)
+        LF._check_alpha_beta(alpha, beta)
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.label_smoothing, self.fused = float(label_smoothing), fused
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return LF.competing_ratio_loss(
+            logits, target, self.alpha, self.beta, self.weight, self.ignore_index,
+            self.reduction, self.label_smoothing, self.fused,
+        )
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, reduction={self.reduction!r}"
+
+
+@register_criterion("ce")
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` computed in float32 (like CRL), with a list-typed ``weight`` for configs.
+
+    Args:
+        weight: optional per-class weights, length C.
+        ignore_index: target value to ignore.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        label_smoothing: eps in [0, 1].
+
+    Shape:
+        logits (N, C) any float dtype; target (N,) indices or (N, C) probabilities.
+    """
+
+    def __init__(
+        self,
+        weight: list[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        w = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
+        super().__init__(weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return super().forward(LF._compute_dtype(logits), target)
+
+
+@register_criterion("ls_ce")
+class LabelSmoothingCrossEntropy(CrossEntropyLoss):
+    """Label-smoothing cross-entropy (Szegedy et al. 2016), eps = 0.1 by default.
+
+    Args:
+        label_smoothing: eps in [0, 1].
+        weight: optional per-class weights, length C.
+        ignore_index: target value to ignore.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+    """
+
+    def __init__(
+        self,
+        label_smoothing: float = 0.1,
+        weight: list[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+
+
+@register_criterion("focal")
+class FocalLoss(_WeightedCriterion):
+    """Multi-class focal loss (Lin et al. 2017): ``-alpha_c (1 - p_c)^gamma log p_c``.
+
+    Args:
+        gamma: focusing parameter ``>= 0`` (paper default 2); 0 gives cross-entropy.
+        alpha: optional per-class weights ``alpha_c``, length C.
+        ignore_index: target value to ignore.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Shape:
+        logits (N, C) any float dtype; target (N,) indices; output scalar or (N,).
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: list[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(alpha)
+        if not gamma >= 0:
+            raise ValueError(f"gamma: expected gamma >= 0, got {gamma}")
+        self.gamma, self.ignore_index, self.reduction = float(gamma), ignore_index, reduction
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return LF.focal_loss(logits, target, self.gamma, self.weight, self.ignore_index, self.reduction)
+
+
+@register_criterion("poly1")
+class Poly1CrossEntropyLoss(nn.Module):
+    """Poly-1 loss (Leng et al., ICLR 2022): ``CE + epsilon * (1 - p_c)``.
+
+    Args:
+        epsilon: coefficient of the first polynomial term (default 1.0).
+        ignore_index: target value to ignore.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Shape:
+        logits (N, C) any float dtype; target (N,) indices; output scalar or (N,).
+    """
+
+    def __init__(self, epsilon: float = 1.0, ignore_index: int = -100, reduction: str = "mean") -> None:
+        super().__init__()
+        self.epsilon, self.ignore_index, self.reduction = float(epsilon), ignore_index, reduction
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return LF.poly1_cross_entropy(logits, target, self.epsilon, self.ignore_index, self.reduction)

@@ -1,0 +1,6 @@
+"""Backbones: the paper's CIFAR/SVHN networks plus timm and torchvision models."""
+
+from crl_lightning.models.cifar import PreActResNet, list_backbones, register_backbone
+from crl_lightning.models.factory import create_backbone
+
+__all__ = ["PreActResNet", "create_backbone", "list_backbones", "register_backbone"]
