@@ -17,6 +17,8 @@ so CRL is cross-entropy re-weighted per sample by ``w`` in ``[1, 1 + beta / alph
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -58,20 +60,24 @@ def _check_common(logits: Tensor, target: Tensor, reduction: str, weight: Tensor
     return False
 
 
-def _check_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
-    """Raise if a (non-ignored) class index is outside ``[0, num_classes)``.
+def _check_range(target: Tensor, num_classes: int, ignore_index: int) -> bool:
+    """Raise if a (non-ignored) class index is outside ``[0, num_classes)``; return True when no row is ignored.
 
     Checked for CPU tensors in eager mode only: on an accelerator the check would force a host sync
-    every step, so there the indexing kernel's own bounds assert reports it.
+    every step, so there the indexing kernel's own bounds assert reports it (and False is returned).
     """
     if target.device.type != "cpu" or torch.compiler.is_compiling() or target.numel() == 0:
-        return
+        return False
+    low, high = (int(v) for v in torch.aminmax(target))
+    if 0 <= low and high < num_classes:  # fast path: one reduction
+        return not 0 <= ignore_index < num_classes or not bool((target == ignore_index).any())
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
         value = int(target[bad][0])
         raise ValueError(
             f"target: expected class indices in [0, {num_classes}) or ignore_index={ignore_index}, got {value}"
         )
+    return False
 
 
 def _check_alpha_beta(alpha: float, beta: float) -> None:
@@ -98,55 +104,59 @@ def _reduce(loss: Tensor, denom: Tensor | float, reduction: str) -> Tensor:
     return total / denom
 
 
-class _FusedCRL(torch.autograd.Function):
-    """Hard-target CRL computing the softmax once and the closed-form gradient ``(p - y) * w``.
+class _CRLFromNLL(torch.autograd.Function):
+    """Maps per-row cross-entropy ``u = -log p_c`` (N,) to reduced CRL; backward multiplies by ``w``.
 
-    Saves only the float32 softmax ``p`` (N, C) plus per-row scalars, as cross-entropy saves its
-    log-softmax. Reduction happens inside so a call is a single autograd node.
+    CRL is a per-row function of the cross-entropy: ``g(u) = u + beta * log(alpha - expm1(-u))``
+    (since ``1 - p_c = -expm1(-u)``), with ``g'(u) = 1 + beta * p_c / (alpha + 1 - p_c) = w``. Feeding
+    the output of ``F.cross_entropy(..., reduction="none")`` here gives the closed-form gradient
+    ``(p - onehot(c)) * w``: the softmax is computed once (by cross-entropy's own kernel) and only its
+    (N, C) log-softmax is saved, exactly what cross-entropy stores, plus one scalar per row.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, weight, alpha, beta, ignore_index, reduction):  # noqa: D417
-        x = logits.float()
-        m = x.amax(dim=1, keepdim=True)
-        p = (x - m).exp_()
-        s = p.sum(dim=1, keepdim=True)
-        valid = target != ignore_index
-        tgt = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)
-        x_c = x.gather(1, tgt)
-        nll = (s.log() + m - x_c).squeeze(1)
-        if alpha > 0:
-            p.div_(s)
-            p_c = p.gather(1, tgt).squeeze(1)
-            q = (1.0 - p_c).clamp_min_(0.0)
-            term = torch.log(alpha + q)
+    def forward(ctx, nll, sample_w, alpha, beta, reduction):  # noqa: D417
+        denom_q = torch.expm1(-nll).neg_().add_(alpha)  # alpha + 1 - p_c, > 0 for alpha > 0
+        loss = torch.log(denom_q).mul_(beta).add_(nll)
+        w = torch.exp(-nll).div_(denom_q).mul_(beta).add_(1.0)  # dCRL/du per row
+        if sample_w is not None:
+            loss.mul_(sample_w)
+            w.mul_(sample_w)
+        if reduction == "mean" and sample_w is not None:
+            denom = sample_w.sum()
+            denom = torch.where(denom > 0, denom, torch.ones_like(denom))  # all ignored: 0, not NaN
+            w.div_(denom)
+            out = loss.sum().div_(denom)
+        elif reduction == "mean":
+            w.div_(max(len(loss), 1))
+            out = loss.sum().div_(max(len(loss), 1))
         else:
-            # 1 - p_c from the other classes' mass: exact even when p_c rounds to 1.
-            q = (p.scatter(1, tgt, 0.0).sum(dim=1, keepdim=True) / s).squeeze(1)
-            p.div_(s)
-            p_c = p.gather(1, tgt).squeeze(1)
-            term = torch.log(q.clamp_min(ALPHA0_FLOOR))
-        sample_w = valid.float()
-        if weight is not None:
-            sample_w = sample_w * weight.float()[tgt.squeeze(1)]
-        loss = (nll + beta * term) * sample_w
-        denom = sample_w.sum()
-        out = _reduce(loss, denom, reduction)
-        w = 1.0 + beta * p_c / (alpha + (q if alpha > 0 else q.clamp_min(ALPHA0_FLOOR)))
-        ctx.save_for_backward(p, tgt, q, w * sample_w, denom)
-        ctx.reduction = reduction
-        ctx.in_dtype = logits.dtype
+            out = loss.sum() if reduction == "sum" else loss
+        ctx.save_for_backward(w)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        p, tgt, q, coef, denom = ctx.saved_tensors
-        if ctx.reduction == "mean":
-            grad_out = grad_out / torch.where(denom > 0, denom, torch.ones_like(denom))
-        f = (coef * grad_out).unsqueeze(1)  # (N, 1): per-row factor, 0 for ignored rows
-        grad = p * f
-        grad.scatter_(1, tgt, -q.unsqueeze(1) * f)  # (p_c - 1) * f, written via 1 - p_c = q
-        return grad.to(ctx.in_dtype), None, None, None, None, None, None
+        (w,) = ctx.saved_tensors
+        return grad_out * w, None, None, None, None
+
+
+def _crl_fused(
+    logits: Tensor, target: Tensor, alpha: float, beta: float, weight: Tensor | None, ignore_index: int,
+    reduction: str, all_valid: bool,
+) -> Tensor:
+    """Hard-target CRL for ``alpha > 0`` through ``F.cross_entropy`` and `_CRLFromNLL`."""
+    x = _compute_dtype(logits)
+    nll = F.cross_entropy(x, target.long(), ignore_index=ignore_index, reduction="none")  # 0 for ignored rows
+    sample_w = None
+    if not all_valid:
+        valid = target != ignore_index
+        sample_w = valid.to(x.dtype)
+    if weight is not None:
+        tgt = target.long() if sample_w is None else torch.where(valid, target.long(), 0)
+        w_c = weight.to(x.dtype)[tgt]
+        sample_w = w_c if sample_w is None else sample_w * w_c
+    return _CRLFromNLL.apply(nll, sample_w, alpha, beta, reduction)
 
 
 def _crl_composite(
@@ -186,7 +196,13 @@ def _crl_composite(
     valid = target != ignore_index
     tgt = torch.where(valid, target, torch.zeros_like(target)).long()
     sample_w = valid.to(x.dtype) if w_cls is None else valid.to(x.dtype) * w_cls[tgt]
-    loss = per_class(logp.gather(1, tgt.unsqueeze(1)).squeeze(1)) * sample_w
+    logp_c = logp.gather(1, tgt.unsqueeze(1)).squeeze(1)
+    if alpha > 0:
+        loss = per_class(logp_c)
+    else:  # log(1 - p_c) exactly, as a log-sum-exp over the other classes (p_c may round to 1)
+        log_q = torch.logsumexp(x.scatter(1, tgt.unsqueeze(1), float("-inf")), dim=1) - torch.logsumexp(x, dim=1)
+        loss = -logp_c + beta * log_q.clamp_min(math.log(ALPHA0_FLOOR))
+    loss = loss * sample_w
     if label_smoothing > 0:
         all_terms = per_class(logp)
         if w_cls is not None:
@@ -234,9 +250,11 @@ def competing_ratio_loss(
           so ``1 - p_c`` is computed from the other classes' probability mass (exact when ``p_c``
           rounds to 1) and floored at `ALPHA0_FLOOR` (float32 eps, close to the authors' clamp).
 
-    Hard targets without label smoothing use a fused autograd function (softmax computed once,
-    closed-form gradient, memory as cross-entropy); other cases, or ``fused=False``, use plain
-    autograd ops (the reference implementation).
+    Hard targets without label smoothing and ``alpha > 0`` use the fused path: CRL is a per-row
+    function of cross-entropy, ``g(u) = u + beta * log(alpha - expm1(-u))`` with ``u = -log p_c``, so
+    ``F.cross_entropy(..., reduction="none")`` (softmax computed once by its own kernel, storing what
+    cross-entropy stores) is followed by one autograd function whose backward multiplies by the
+    closed-form ``w``. Other cases, or ``fused=False``, use plain autograd ops (the reference).
 
     Args:
         logits: (N, C) float16/bfloat16/float32/float64 unnormalised scores.
@@ -268,12 +286,9 @@ def competing_ratio_loss(
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
     soft = _check_common(logits, target, reduction, weight)
-    if not soft:
-        _check_range(target, logits.shape[1], ignore_index)
-    if logits.dtype == torch.float64:
-        fused = False  # the fused path computes in float32; keep float64 exact (gradcheck)
-    if fused and not soft and label_smoothing == 0.0:
-        return _FusedCRL.apply(logits, target, weight, float(alpha), float(beta), ignore_index, reduction)
+    all_valid = False if soft else _check_range(target, logits.shape[1], ignore_index)
+    if fused and not soft and label_smoothing == 0.0 and alpha > 0:
+        return _crl_fused(logits, target, float(alpha), float(beta), weight, ignore_index, reduction, all_valid)
     return _crl_composite(logits, target, alpha, beta, weight, ignore_index, reduction, label_smoothing, soft)
 
 

@@ -166,6 +166,9 @@ class FocalLoss(_WeightedCriterion):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return LF.focal_loss(logits, target, self.gamma, self.weight, self.ignore_index, self.reduction)
 
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, reduction={self.reduction!r}"
+
 
 @register_criterion("poly1")
 class Poly1CrossEntropyLoss(nn.Module):
@@ -186,3 +189,6 @@ class Poly1CrossEntropyLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return LF.poly1_cross_entropy(logits, target, self.epsilon, self.ignore_index, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}, reduction={self.reduction!r}"

@@ -1,0 +1,396 @@
+"""Tests of the criteria: closed-form values, gradients, options, dtypes, registry, parity."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crl_lightning.losses import (
+    CompetingRatioLoss,
+    FocalLoss,
+    competing_ratio_loss,
+    create_criterion,
+    focal_loss,
+    list_criteria,
+    poly1_cross_entropy,
+    register_criterion,
+)
+from crl_lightning.losses.functional import ALPHA0_FLOOR
+
+
+def eq16_reference(logits, target, alpha, beta):
+    """Paper Eq. 16 written naively in float64: -log p_c + beta * log(alpha + 1 - p_c), per sample."""
+    p = torch.softmax(logits.double(), dim=1)
+    p_c = p.gather(1, target.view(-1, 1)).squeeze(1)
+    return -torch.log(p_c) + beta * torch.log(alpha + 1 - p_c)
+
+
+def closed_form_grad(logits, target, alpha, beta):
+    """(p - onehot) * (1 + beta * p_c / (alpha + 1 - p_c)), per sample (sum reduction)."""
+    p = torch.softmax(logits.double(), dim=1)
+    p_c = p.gather(1, target.view(-1, 1))
+    w = 1 + beta * p_c / (alpha + 1 - p_c)
+    return (p - F.one_hot(target, logits.shape[1]).double()) * w
+
+
+GRID = list(itertools.product([0.5, 1.0, 1.5, 2.0], [0.0, 0.25, 1.0, 3.0], [2, 10, 100]))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(("alpha", "beta", "num_classes"), GRID)
+def test_crl_equals_eq16_float64_reference(alpha, beta, num_classes, fused):
+    g = torch.Generator().manual_seed(num_classes)
+    logits = torch.randn(32, num_classes, generator=g) * 3
+    target = torch.randint(0, num_classes, (32,), generator=g)
+    got = competing_ratio_loss(logits, target, alpha, beta, reduction="none", fused=fused)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), eq16_reference(logits, target, alpha, beta), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(("alpha", "beta", "num_classes"), GRID)
+def test_crl_gradient_equals_closed_form(alpha, beta, num_classes, fused):
+    g = torch.Generator().manual_seed(7 + num_classes)
+    logits = (torch.randn(16, num_classes, generator=g) * 3).requires_grad_()
+    target = torch.randint(0, num_classes, (16,), generator=g)
+    competing_ratio_loss(logits, target, alpha, beta, reduction="sum", fused=fused).backward()
+    torch.testing.assert_close(logits.grad.double(), closed_form_grad(logits.detach(), target, alpha, beta),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_paper_eq17_sign_error_is_not_implemented():
+    """For j != c the paper's Eq. 17 gives (1 - beta*p_c/(alpha+1-p_c)) * p_j; autograd gives (1 + ...)."""
+    logits = torch.tensor([[2.0, 0.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0])
+    alpha, beta = 1.5, 1.0
+    ref = eq16_reference(logits, target, alpha, beta).sum()
+    (auto,) = torch.autograd.grad(ref, logits)
+    p = torch.softmax(logits.detach(), 1)[0]
+    factor = beta * p[0] / (alpha + 1 - p[0])
+    torch.testing.assert_close(auto[0, 1], (1 + factor) * p[1])
+    assert not torch.isclose(auto[0, 1], (1 - factor) * p[1])
+    logits32 = logits.detach().float().requires_grad_()
+    competing_ratio_loss(logits32, target, alpha, beta).backward()
+    torch.testing.assert_close(logits32.grad.double(), auto, rtol=1e-6, atol=1e-7)
+
+
+def test_crl_known_value():
+    """Two classes, equal logits: p_c = 0.5, CRL = log 2 + log(1.5 + 0.5) = 2 log 2."""
+    loss = competing_ratio_loss(torch.zeros(1, 2), torch.tensor([0]), alpha=1.5, beta=1.0)
+    assert loss.item() == pytest.approx(2 * math.log(2), abs=1e-6)
+
+
+def test_crl_bounded_below_by_beta_log_alpha():
+    logits = torch.tensor([[50.0, 0.0, 0.0]])
+    loss = competing_ratio_loss(logits, torch.tensor([0]), alpha=2.0, beta=0.5)
+    assert loss.item() == pytest.approx(0.5 * math.log(2.0), abs=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"weight": torch.tensor([0.2, 1.0, 3.0, 0.5, 1.5])}, {"ignore_index": 2},
+     {"label_smoothing": 0.1}, {"weight": torch.tensor([0.2, 1.0, 3.0, 0.5, 1.5]), "ignore_index": 1,
+                                "label_smoothing": 0.2}],
+)
+def test_beta_zero_equals_cross_entropy(options, reduction, fused):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(12, 5, generator=g) * 2
+    target = torch.randint(0, 5, (12,), generator=g)
+    got = competing_ratio_loss(logits, target, alpha=1.5, beta=0.0, reduction=reduction, fused=fused, **options)
+    want = F.cross_entropy(logits, target, reduction=reduction, **options)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_beta_zero_soft_targets_equal_cross_entropy(reduction):
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 4, generator=g)
+    soft = torch.softmax(torch.randn(6, 4, generator=g), dim=1)
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.0])
+    got = competing_ratio_loss(logits, soft, beta=0.0, weight=weight, reduction=reduction, label_smoothing=0.1)
+    want = F.cross_entropy(logits, soft, weight=weight, reduction=reduction, label_smoothing=0.1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_ignore_index_hand_computed():
+    """Three rows, one ignored; mean divides by the sum of the kept rows' class weights."""
+    logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    target = torch.tensor([0, -100, 2])
+    weight = torch.tensor([2.0, 5.0, 0.5])
+    alpha, beta = 1.5, 1.0
+
+    def row(z, c):
+        p = math.exp(z[c]) / sum(math.exp(v) for v in z)
+        return -math.log(p) + beta * math.log(alpha + 1 - p)
+
+    r0, r2 = row([1.0, 0.0, 0.0], 0), row([0.0, 0.0, 3.0], 2)
+    for fused in (True, False):
+        got = competing_ratio_loss(logits, target, alpha, beta, weight=weight, fused=fused)
+        assert got.item() == pytest.approx((2.0 * r0 + 0.5 * r2) / 2.5, rel=1e-6)
+        none = competing_ratio_loss(logits, target, alpha, beta, weight=weight, reduction="none", fused=fused)
+        torch.testing.assert_close(none, torch.tensor([2.0 * r0, 0.0, 0.5 * r2]))
+
+
+def test_label_smoothing_hand_computed():
+    """(1 - eps) * CRL_c + eps / C * sum_k CRL_k, with CRL_k the loss as if the target were k."""
+    logits = torch.tensor([[1.0, -1.0, 0.5]])
+    eps, alpha, beta = 0.3, 1.5, 1.0
+    p = torch.softmax(logits.double(), 1)[0]
+    per_k = [-math.log(p[k]) + beta * math.log(alpha + 1 - p[k]) for k in range(3)]
+    want = (1 - eps) * per_k[1] + eps / 3 * sum(per_k)
+    got = competing_ratio_loss(logits, torch.tensor([1]), alpha, beta, label_smoothing=eps)
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_soft_targets_extension_formula():
+    logits = torch.tensor([[0.3, -0.2, 1.1, 0.0]])
+    t = torch.tensor([[0.5, 0.0, 0.25, 0.25]])
+    alpha, beta = 1.0, 0.5
+    p = torch.softmax(logits.double(), 1)[0]
+    want = sum(t[0, k].item() * (-math.log(p[k]) + beta * math.log(alpha + 1 - p[k])) for k in range(4))
+    assert competing_ratio_loss(logits, t, alpha, beta).item() == pytest.approx(want, rel=1e-6)
+    # a one-hot soft target equals the hard target
+    onehot = F.one_hot(torch.tensor([2]), 4).float()
+    torch.testing.assert_close(competing_ratio_loss(logits, onehot, alpha, beta),
+                               competing_ratio_loss(logits, torch.tensor([2]), alpha, beta))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_all_ignored_batch_is_zero_with_zero_grad(fused):
+    logits = torch.randn(4, 3, requires_grad=True)
+    target = torch.full((4,), -100)
+    loss = competing_ratio_loss(logits, target, fused=fused)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros(4, 3))
+
+
+def test_fused_equals_reference_values_and_grads():
+    g = torch.Generator().manual_seed(11)
+    for alpha, beta, reduction, weighted in itertools.product([0.0, 0.5, 1.5], [0.0, 1.0, 2.5],
+                                                              ["none", "mean", "sum"], [False, True]):
+        logits = torch.randn(20, 7, generator=g) * 4
+        target = torch.randint(0, 7, (20,), generator=g)
+        target[3] = -100
+        weight = torch.rand(7, generator=g) + 0.1 if weighted else None
+        outs = []
+        for fused in (True, False):
+            z = logits.clone().requires_grad_()
+            loss = competing_ratio_loss(z, target, alpha, beta, weight=weight, reduction=reduction, fused=fused)
+            loss.sum().backward()
+            outs.append((loss.detach(), z.grad))
+        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)
+
+
+OPTION_COMBOS = [
+    dict(zip(("weighted", "ignore", "smoothing", "reduction", "alpha"), combo, strict=True))
+    for combo in itertools.product([False, True], [False, True], [0.0, 0.2], ["none", "mean", "sum"], [0.0, 1.5])
+]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("combo", OPTION_COMBOS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_gradcheck_float64_every_option(combo, fused):
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, 1, 2, 1])
+    if combo["ignore"]:
+        target[2] = -1
+    weight = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64) if combo["weighted"] else None
+
+    def fn(z):
+        return competing_ratio_loss(z, target, combo["alpha"], 0.75, weight=weight, ignore_index=-1,
+                                    reduction=combo["reduction"], label_smoothing=combo["smoothing"], fused=fused)
+
+    assert torch.autograd.gradcheck(fn, (logits,), eps=1e-6, atol=1e-5)
+
+
+def test_gradcheck_float64_soft_targets():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    soft = torch.softmax(torch.randn(4, 5, generator=g, dtype=torch.float64), 1)
+    assert torch.autograd.gradcheck(lambda z: competing_ratio_loss(z, soft, 1.5, 1.0), (logits,))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("scale", [1e2, 1e4, 1e6])
+def test_finite_for_huge_logits(scale, fused):
+    logits = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.5]]) * scale
+    for alpha in (0.0, 1e-4, 1.5):
+        z = logits.clone().requires_grad_()
+        loss = competing_ratio_loss(z, torch.tensor([0, 2]), alpha, 1.0, fused=fused)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fused", [True, False])
+def test_half_precision_finite_where_naive_is_not(dtype, fused):
+    logits = torch.tensor([[10.0, 0.0], [20.0, 0.0]], dtype=dtype)
+    target = torch.tensor([0, 1])
+    p = torch.softmax(logits, 1)  # naive: softmax in half precision, then log
+    p_c = p.gather(1, target[:, None]).squeeze(1)
+    naive = -torch.log(p_c) + torch.log(1e-4 + 1 - p_c)
+    assert not torch.isfinite(naive).all()
+    z = logits.clone().requires_grad_()
+    loss = competing_ratio_loss(z, target, alpha=1e-4, beta=1.0, reduction="none", fused=fused)
+    loss.sum().backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
+    assert z.grad.dtype == dtype and torch.isfinite(z.grad).all()
+    torch.testing.assert_close(loss.double(), eq16_reference(logits.float(), target, 1e-4, 1.0), rtol=1e-4, atol=1e-3)
+
+
+def test_alpha_zero_floor():
+    """alpha = 0: 1 - p_c comes from the other classes (exact) and is floored at float32 eps."""
+    logits = torch.tensor([[5.0, 0.0], [40.0, 0.0]])
+    got = competing_ratio_loss(logits, torch.tensor([0, 0]), alpha=0.0, beta=1.0, reduction="none")
+    q0 = 1 / (1 + math.exp(5.0))
+    assert got[0].item() == pytest.approx(-math.log(1 - q0) + math.log(q0), rel=1e-5)
+    assert got[1].item() == pytest.approx(math.log(ALPHA0_FLOOR), rel=1e-5)
+
+
+def authors_formula(logits, target, alpha_prime, beta):
+    """Re-derived from the authors' released ratio.py semantics: softmax, clamp, log((a' - p_c)^b / p_c)."""
+    p = torch.softmax(logits.double(), 1).clamp(1e-7, 1 - 1e-7)
+    p_c = p.gather(1, target.view(-1, 1)).squeeze(1)
+    return torch.log((alpha_prime - p_c) ** beta / p_c).mean()
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(0.0, 1.0), (0.5, 1.0), (1.5, 1.0), (1.5, 0.5), (2.0, 0.25)])
+def test_parity_with_authors_code(alpha, beta):
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(64, 10, generator=g) * 2  # no probability near the clamp
+    target = torch.randint(0, 10, (64,), generator=g)
+    ours = competing_ratio_loss(logits, target, alpha, beta)
+    theirs = authors_formula(logits, target, alpha + 1, beta)  # their alpha' = paper alpha + 1
+    assert abs(ours.item() - theirs.item()) < 1e-5
+
+
+def test_torch_compile_matches_eager():
+    def step(z, t):
+        return competing_ratio_loss(z, t, 1.5, 1.0)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    logits = torch.randn(8, 6)
+    target = torch.randint(0, 6, (8,))
+    z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    step(z1, target).backward()
+    compiled(z2, target).backward()
+    torch.testing.assert_close(z1.grad, z2.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_autocast_cpu(dtype):
+    linear = torch.nn.Linear(8, 5)
+    x, target = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    with torch.autocast("cpu", dtype=dtype):
+        logits = linear(x)
+        assert logits.dtype == dtype
+        loss = CompetingRatioLoss(weight=[1.0, 2.0, 1.0, 1.0, 1.0])(logits, target)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(linear.weight.grad).all()
+
+
+# ----- argument checks ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"alpha": -0.1}, "alpha: expected alpha >= 0"), ({"beta": -1.0}, "beta: expected beta >= 0"),
+     ({"alpha": float("nan")}, "alpha"), ({"reduction": "avg"}, "reduction: expected one of"),
+     ({"label_smoothing": 1.5}, "label_smoothing")],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        competing_ratio_loss(torch.randn(2, 3), torch.tensor([0, 1]), **kwargs)
+
+
+def test_bad_targets():
+    logits = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"expected class indices in \[0, 3\).*got 3"):
+        competing_ratio_loss(logits, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"expected class indices of shape \(2,\), got \(2, 1\)"):
+        competing_ratio_loss(logits, torch.tensor([[0], [1]]))
+    with pytest.raises(ValueError, match="soft targets must have the logits' shape"):
+        competing_ratio_loss(logits, torch.rand(2, 4))
+    with pytest.raises(TypeError, match="integer dtype"):
+        competing_ratio_loss(logits, torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=r"logits: expected a tensor of shape \(N, C\)"):
+        competing_ratio_loss(torch.randn(3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="weight: expected a 1-D tensor of 3"):
+        competing_ratio_loss(logits, torch.tensor([0, 1]), weight=torch.ones(4))
+
+
+def test_module_constructor_validates():
+    with pytest.raises(ValueError, match="alpha"):
+        CompetingRatioLoss(alpha=-1.0)
+    with pytest.raises(ValueError, match="gamma"):
+        FocalLoss(gamma=-1.0)
+
+
+# ----- baselines ------------------------------------------------------------------------------------
+def test_focal_gamma_zero_equals_cross_entropy():
+    g = torch.Generator().manual_seed(1)
+    logits, target = torch.randn(10, 4, generator=g), torch.randint(0, 4, (10,), generator=g)
+    torch.testing.assert_close(focal_loss(logits, target, gamma=0.0), F.cross_entropy(logits, target))
+
+
+def test_focal_value_and_gradient_through_focal_factor():
+    logits = torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0])
+    p = torch.softmax(logits.detach(), 1)[0, 0].item()
+    assert focal_loss(logits, target, gamma=2.0).item() == pytest.approx(-(1 - p) ** 2 * math.log(p))
+    assert torch.autograd.gradcheck(lambda z: focal_loss(z, target, gamma=2.0), (logits,))
+    (grad,) = torch.autograd.grad(focal_loss(logits, target, gamma=2.0), logits)
+    detached = torch.autograd.grad(-(1 - p) ** 2 * F.log_softmax(logits, 1)[0, 0], logits)[0]
+    assert not torch.allclose(grad, detached)  # the focal factor is differentiated, not detached
+
+
+def test_focal_per_class_alpha():
+    logits, target = torch.zeros(2, 2), torch.tensor([0, 1])
+    got = focal_loss(logits, target, gamma=1.0, alpha=torch.tensor([0.25, 0.75]), reduction="none")
+    torch.testing.assert_close(got, torch.tensor([0.25, 0.75]) * 0.5 * math.log(2))
+
+
+def test_poly1_value():
+    logits, target = torch.tensor([[2.0, 0.0]]), torch.tensor([1])
+    p = 1 / (1 + math.exp(2.0))
+    assert poly1_cross_entropy(logits, target, epsilon=2.0).item() == pytest.approx(-math.log(p) + 2 * (1 - p))
+
+
+# ----- registry -------------------------------------------------------------------------------------
+def test_registry_lists_and_rejects_duplicates():
+    assert {"crl", "ce", "focal", "poly1", "ls_ce"} <= set(list_criteria())
+    with pytest.raises(ValueError, match="already registered"):
+        register_criterion("crl")(CompetingRatioLoss)
+    with pytest.raises(KeyError, match="unknown criterion 'nope'"):
+        create_criterion("nope")
+    crl = create_criterion("crl", alpha=1.0, beta=None)
+    assert crl.alpha == 1.0 and crl.beta == 1.0
+
+
+@pytest.mark.parametrize("name", list_criteria())
+def test_every_registered_criterion(name):
+    criterion = create_criterion(name)
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(8, 5, generator=g) * 2).requires_grad_()
+    target = torch.randint(0, 5, (8,), generator=g)
+    loss = criterion(logits, target)
+    assert loss.shape == () and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    torch.testing.assert_close(logits.grad.sum(1), torch.zeros(8), atol=1e-6, rtol=0)  # softmax invariance
+    criterion.reduction = "none"
+    per = criterion(logits.detach(), target)
+    assert per.shape == (8,)
+    torch.testing.assert_close(per.mean(), loss.detach())
+    z16 = logits.detach().to(torch.bfloat16)
+    assert torch.isfinite(criterion(z16, target)).all()
+    # the module wraps its function: same value as the registry default built twice
+    torch.testing.assert_close(create_criterion(name)(logits.detach(), target), loss.detach())
