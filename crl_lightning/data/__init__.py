@@ -1,0 +1,30 @@
+"""LightningDataModules for the paper's datasets and the offline digits demo."""
+
+from crl_lightning.data.adience import AdienceDataModule, AdienceFaces
+from crl_lightning.data.base import CorruptImageError, ImageDataModule, ImageFileDataset, TransformedSubset
+from crl_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from crl_lightning.data.cub import CUB2011, CUB200DataModule
+from crl_lightning.data.digits import DigitsDataModule
+from crl_lightning.data.imagenet import ImageNetDataModule
+from crl_lightning.data.splits import check_subject_exclusive, subject_kfold, subject_train_val_split
+from crl_lightning.data.svhn import SVHN, SVHNDataModule
+
+__all__ = [
+    "SVHN",
+    "AdienceDataModule",
+    "AdienceFaces",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CUB200DataModule",
+    "CUB2011",
+    "CorruptImageError",
+    "DigitsDataModule",
+    "ImageDataModule",
+    "ImageFileDataset",
+    "ImageNetDataModule",
+    "SVHNDataModule",
+    "TransformedSubset",
+    "check_subject_exclusive",
+    "subject_kfold",
+    "subject_train_val_split",
+]

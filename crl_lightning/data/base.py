@@ -1,0 +1,336 @@
+"""`ImageDataModule`: the shared base of every DataModule (loaders, splits, transforms per split)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+
+__all__ = [
+    "BadImagePolicy",
+    "CorruptImageError",
+    "ImageDataModule",
+    "ImageFileDataset",
+    "TransformedSubset",
+    "dataset_targets",
+    "load_rgb_image",
+    "skip_none_collate",
+]
+
+log = logging.getLogger(__name__)
+
+#: What an `ImageFileDataset` does with an image file it cannot decode.
+BadImagePolicy = Literal["raise", "skip"]
+
+SPLITS = ("train", "val", "test")
+
+
+class TransformedSubset(Dataset):
+    """A view of ``dataset`` restricted to ``indices`` with ``transform`` applied to the image.
+
+    Args:
+        dataset: returns ``(image, target)`` pairs, untransformed.
+        indices: positions to keep (all when ``None``).
+        transform: callable applied to the image, or ``None``.
+    """
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None = None, transform: Callable | None = None):
+        self.dataset, self.transform = dataset, transform
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any] | None:
+        sample = self.dataset[self.indices[i]]
+        if sample is None:  # an unreadable image that the dataset skipped (see `ImageFileDataset`)
+            return None
+        image, target = sample
+        return (self.transform(image) if self.transform is not None else image), target
+
+    @property
+    def targets(self) -> list[int] | None:
+        targets = dataset_targets(self.dataset)
+        return None if targets is None else [int(targets[i]) for i in self.indices]
+
+
+def dataset_targets(dataset: Dataset) -> Sequence[int] | None:
+    """The integer class of every sample, from a ``targets`` (torchvision) or ``labels`` (SVHN) attribute."""
+    for name in ("targets", "labels"):
+        values = getattr(dataset, name, None)
+        if values is not None:
+            return values
+    return None
+
+
+class CorruptImageError(RuntimeError):
+    """An image file exists but cannot be decoded (truncated, corrupt, or not an image); names the file."""
+
+
+def load_rgb_image(path: str | Path) -> Image.Image:
+    """Fully decode the image at ``path`` and return it as an RGB PIL image.
+
+    Grayscale (``L``), palette, RGBA and CMYK files are converted to RGB (3 channels, uint8).
+    The file is decoded completely, so a truncated JPEG fails here rather than later.
+
+    Args:
+        path: image file.
+
+    Returns:
+        The image, mode ``"RGB"``, size (W, H) as stored.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptImageError: the file cannot be decoded; the message names the file and the cause.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"image file not found: {path}") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise CorruptImageError(
+            f"cannot decode image {path} ({type(err).__name__}: {err}); the file is truncated or corrupt: "
+            "replace it, or pass bad_images='skip' (--data.bad_images skip) to skip and count such files"
+        ) from err
+
+
+def skip_none_collate(batch: list[Any]) -> Any:
+    """`default_collate` of the samples that are not ``None`` (images skipped under ``bad_images='skip'``).
+
+    Raises:
+        CorruptImageError: every sample of the batch was skipped.
+    """
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        raise CorruptImageError(
+            f"all {len(batch)} images of a batch were unreadable and skipped (bad_images='skip'); "
+            "see the logged warnings for the files"
+        )
+    return default_collate(kept)
+
+
+#: Slots of the shared skip counter: slot 0 is the main process, worker w uses slot 1 + w % (slots - 1).
+_SKIP_SLOTS = 256
+
+
+class ImageFileDataset(Dataset):
+    """Images read from files, with integer targets and an explicit policy for unreadable files.
+
+    ``dataset[i]`` is ``(PIL RGB image, int target)``. With ``bad_images="raise"`` an undecodable file
+    raises `CorruptImageError` naming it (in a DataLoader worker it is re-raised in the main process
+    with the same type and message). With ``"skip"`` it logs a warning naming the file, counts the skip
+    in a shared-memory counter (visible across DataLoader workers, `num_skipped`) and returns ``None``,
+    which `TransformedSubset` passes through and `skip_none_collate` drops. A skipped file is counted
+    each time it is read (once per epoch). Missing files always raise ``FileNotFoundError``.
+
+    Subclasses may override `load_image` (e.g. to crop a bounding box).
+
+    Args:
+        paths: one image file per sample.
+        targets: one integer class per sample.
+        bad_images: ``"raise"`` or ``"skip"``.
+
+    Raises:
+        ValueError: ``paths`` and ``targets`` differ in length, or an unknown ``bad_images``.
+    """
+
+    def __init__(
+        self, paths: Sequence[str | Path], targets: Sequence[int], bad_images: BadImagePolicy = "raise"
+    ) -> None:
+        if len(paths) != len(targets):
+            raise ValueError(f"targets: expected one per path ({len(paths)}), got {len(targets)}")
+        if bad_images not in ("raise", "skip"):
+            raise ValueError(f"bad_images: expected 'raise' or 'skip', got {bad_images!r}")
+        self.paths = [str(p) for p in paths]
+        self.targets = [int(t) for t in targets]
+        self.bad_images = bad_images
+        self._skipped = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_image(self, index: int) -> Image.Image:
+        """The RGB image of sample ``index`` (see `load_rgb_image` for the errors)."""
+        return load_rgb_image(self.paths[index])
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int] | None:
+        try:
+            image = self.load_image(index)
+        except CorruptImageError as err:
+            if self.bad_images == "raise":
+                raise
+            worker = get_worker_info()
+            self._skipped[0 if worker is None else 1 + worker.id % (_SKIP_SLOTS - 1)] += 1
+            cause = err.__cause__ if err.__cause__ is not None else err
+            log.warning("skipped unreadable image %s (%s: %s; bad_images='skip')",
+                        self.paths[index], type(cause).__name__, cause)
+            return None
+        return image, self.targets[index]
+
+    @property
+    def num_skipped(self) -> int:
+        """Reads skipped so far under ``bad_images="skip"``, summed over all processes."""
+        return int(self._skipped.sum())
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base DataModule: typed loader options, a seeded stratified val split and per-split transforms.
+
+    Subclasses implement `build_dataset` (untransformed ``(image, target)`` samples of a split) and,
+    usually, `train_transform` / `eval_transform`; they set `num_classes` and `in_chans`, which the CLI
+    links into the model. Datasets without a validation split get one drawn from the training split
+    (``val_split`` fraction, stratified by class, seeded); with ``val_split=0`` validation runs on the
+    test split, as the paper does (it reports test error curves).
+
+    Args:
+        data_dir: root folder of the dataset files.
+        batch_size: samples per batch, per process.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory for faster host-to-GPU copies.
+        persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
+        seed: seed of the train/val split.
+        val_split: fraction in ``[0, 1)`` of the training split held out for validation.
+
+    Raises:
+        ValueError: ``batch_size < 1``, ``num_workers < 0``, or ``val_split`` outside ``[0, 1)``.
+    """
+
+    num_classes: int = 0
+    in_chans: int = 3
+    #: True when the dataset ships its own validation split (then ``val_split`` is unused).
+    has_val_split: bool = False
+
+    def __init__(
+        self,
+        data_dir: str | Path = "data",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        val_split: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
+        if not 0.0 <= val_split < 1.0:
+            raise ValueError(f"val_split: expected a fraction in [0, 1), got {val_split}")
+        self.data_dir = Path(data_dir).expanduser()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed, self.val_split = seed, val_split
+        self.datasets: dict[str, Dataset] = {}
+
+    # ----- extension points -------------------------------------------------------------------
+    def build_dataset(self, split: str) -> Dataset:
+        """Untransformed ``(image, target)`` samples of ``split``.
+
+        ``split`` is ``"train"``, ``"test"``, or ``"val"`` when `has_val_split`. Raise ``FileNotFoundError``
+        naming the missing files.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement build_dataset(split)")
+
+    def train_transform(self) -> Callable | None:
+        """Transform of training images (augmentation); identity by default."""
+        return None
+
+    def eval_transform(self) -> Callable | None:
+        """Transform of validation/test/predict images; identity by default."""
+        return None
+
+    def transform(self, split: str) -> Callable | None:
+        """The transform that ``split`` gets: `train_transform` for train, `eval_transform` otherwise."""
+        return self.train_transform() if split == "train" else self.eval_transform()
+
+    def collate_fn(self) -> Callable | None:
+        """``collate_fn`` of every DataLoader; ``None`` (torch's default) unless overridden.
+
+        Modules with ``bad_images="skip"`` return `skip_none_collate`.
+        """
+        return None
+
+    def num_skipped_images(self) -> int:
+        """Unreadable images skipped so far (``bad_images="skip"``), over the distinct datasets in use."""
+        seen: dict[int, Dataset] = {}
+        for dataset in self.datasets.values():
+            inner = getattr(dataset, "dataset", dataset)
+            seen[id(inner)] = inner
+        return sum(getattr(d, "num_skipped", 0) for d in seen.values())
+
+    # ----- Lightning contract -----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", "validate", None) and "train" not in self.datasets:
+            self._setup_fit()
+        if stage in ("test", "predict", None) and "test" not in self.datasets:
+            self.datasets["test"] = TransformedSubset(self.build_dataset("test"), transform=self.transform("test"))
+        if stage == "validate" and "val" not in self.datasets:
+            self._setup_fit()
+
+    def teardown(self, stage: str | None = None) -> None:
+        skipped = self.num_skipped_images()
+        if skipped:
+            log.warning("%s: skipped %d unreadable image reads so far (bad_images='skip')",
+                        type(self).__name__, skipped)
+
+    def _setup_fit(self) -> None:
+        train = self.build_dataset("train")
+        if self.has_val_split:
+            train_idx, val = None, TransformedSubset(self.build_dataset("val"), transform=self.transform("val"))
+        elif self.val_split > 0:
+            train_idx, val_idx = self.split_indices(train)
+            val = TransformedSubset(train, val_idx, self.transform("val"))
+        else:
+            train_idx = None
+            val = TransformedSubset(self.build_dataset("test"), transform=self.transform("val"))
+        self.datasets["train"] = TransformedSubset(train, train_idx, self.transform("train"))
+        self.datasets["val"] = val
+
+    def split_indices(self, dataset: Dataset) -> tuple[list[int], list[int]]:
+        """Seeded train/val indices of ``dataset``, stratified by class when the targets are known."""
+        targets = dataset_targets(dataset)
+        idx = np.arange(len(dataset))
+        train_idx, val_idx = train_test_split(
+            idx, test_size=self.val_split, random_state=self.seed,
+            stratify=None if targets is None else np.asarray(targets),
+        )
+        return sorted(train_idx.tolist()), sorted(val_idx.tolist())
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for the {split} loader")
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,  # no BatchNorm crash on a last batch of 1
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=self.collate_fn(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
