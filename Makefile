@@ -4,18 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>/dev/null || $(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/crl fit --config examples/configs/digits_crl.yaml
-	$(BIN)/crl test --config examples/configs/digits_crl.yaml --ckpt_path best
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from crl_lightning.callbacks import configure_wandb_loggers
 from crl_lightning.classifier import ImageClassifier
 from crl_lightning.data.base import ImageDataModule
 
@@ -27,6 +28,10 @@ class CRLCLI(LightningCLI):
             "--test_after_fit", type=bool, default=False,
             help="After `fit`, run `test` on the best checkpoint (the last weights when none was saved).",
         )
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand)
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

@@ -1,0 +1,328 @@
+"""Run identity, the test report (``test_metrics.json`` + figures) and W&B run naming.
+
+Nothing here imports ``wandb``: W&B is touched only through a `lightning.pytorch.loggers.WandbLogger`
+the user configured (e.g. with ``examples/configs/wandb.yaml``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import inspect
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+
+__all__ = [
+    "METRICS_FILENAME",
+    "TestReport",
+    "configure_wandb_loggers",
+    "criterion_info",
+    "resolved_config",
+    "run_dir",
+    "run_identity",
+]
+
+#: Name of the machine-readable test metrics file that `TestReport` writes and ``crl compare`` reads.
+METRICS_FILENAME = "test_metrics.json"
+#: Version tag written into every metrics file (bumped when the layout changes incompatibly).
+METRICS_FORMAT = "crl_lightning.test_metrics/1"
+
+#: Short criterion names used in labels; other classes use their name without a trailing ``Loss``.
+_SHORT_NAMES = {"CompetingRatioLoss": "CRL", "CrossEntropyLoss": "CE"}
+#: Constructor arguments that never identify a criterion.
+_NOT_IDENTIFYING = {"ignore_index", "reduction", "size_average", "reduce"}
+
+
+def criterion_info(criterion: nn.Module | None) -> dict[str, Any]:
+    """Name, key hyper-parameters and a short label of a criterion, for tables and run names.
+
+    The parameters are the numeric (not bool) constructor arguments stored as same-named attributes,
+    without ``ignore_index``/``reduction`` and without those left at a zero default (an option that is
+    off, e.g. ``label_smoothing=0``). So ``CompetingRatioLoss(alpha=1.5, beta=1.0)`` gives the label
+    ``"CRL(alpha=1.5, beta=1)"`` and ``CrossEntropyLoss()`` gives ``"CE"``.
+
+    Args:
+        criterion: the loss module, or ``None``.
+
+    Returns:
+        ``{"name": class name, "class_path": module.qualname, "params": {name: number}, "label": str}``.
+    """
+    if criterion is None:
+        return {"name": None, "class_path": None, "params": {}, "label": "unknown"}
+    cls = type(criterion)
+    params: dict[str, float | int] = {}
+    try:
+        signature = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):  # builtins without a signature
+        signature = None
+    for name, p in (signature.parameters.items() if signature else ()):
+        if name == "self" or name in _NOT_IDENTIFYING or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = getattr(criterion, name, None)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value == 0 and p.default == 0:
+            continue
+        params[name] = value
+    short = _SHORT_NAMES.get(cls.__name__, cls.__name__.removesuffix("Loss") or cls.__name__)
+    label = short + (f"({', '.join(f'{k}={v:g}' for k, v in params.items())})" if params else "")
+    return {"name": cls.__name__, "class_path": f"{cls.__module__}.{cls.__qualname__}", "params": params,
+            "label": label}
+
+
+def resolved_config(trainer: L.Trainer) -> dict[str, Any] | None:
+    """The full resolved LightningCLI config of this run (from its `SaveConfigCallback`), or ``None``.
+
+    ``None`` outside the CLI, and under ``fast_dev_run`` (where LightningCLI adds no such callback).
+    """
+    import yaml
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, SaveConfigCallback):
+            return yaml.safe_load(callback.parser.dump(callback.config, skip_none=False))
+    return None
+
+
+def _seed(config: dict[str, Any] | None) -> int | None:
+    value = os.environ.get("PL_GLOBAL_SEED")  # set by lightning.seed_everything (and so by the CLI)
+    if value is None and config is not None:
+        value = config.get("seed_everything")
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def run_identity(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule | None = None
+) -> dict[str, Any]:
+    """What identifies a run in a comparison: dataset, backbone, criterion and seed.
+
+    Args:
+        trainer: the trainer (its ``datamodule``, its test/val loaders and the CLI config are read).
+        model: the LightningModule (its ``hparams.backbone`` and ``criterion`` are read).
+        datamodule: the DataModule when it is not attached to ``trainer`` yet (before ``fit``).
+
+    Returns:
+        ``{"dataset": DataModule class name (else the test dataset's class, else "unknown"),
+        "backbone": name, "criterion": `criterion_info`, "seed": int or None}``.
+    """
+    datamodule = datamodule if datamodule is not None else trainer.datamodule
+    if datamodule is not None:
+        dataset = type(datamodule).__name__
+    else:
+        dataset = type(_first_loader(trainer, "dataset")).__name__ if _first_loader(trainer) else "unknown"
+    hparams = getattr(model, "hparams", {})
+    backbone = hparams.get("backbone") if hasattr(hparams, "get") else None
+    if backbone is None:
+        backbone = type(getattr(model, "backbone", model)).__name__
+    return {
+        "dataset": dataset,
+        "backbone": str(backbone),
+        "criterion": criterion_info(getattr(model, "criterion", None)),
+        "seed": _seed(resolved_config(trainer)),
+    }
+
+
+def _first_loader(trainer: L.Trainer, attr: str | None = None) -> Any:
+    """The first test (else val) dataloader of ``trainer`` or its ``attr``; ``None`` when there is none."""
+    loader = trainer.test_dataloaders or trainer.val_dataloaders
+    if isinstance(loader, dict):
+        loader = list(loader.values())
+    if isinstance(loader, list | tuple):
+        loader = loader[0] if loader else None
+    return getattr(loader, attr, None) if attr is not None and loader is not None else loader
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The directory of this run, where its checkpoints also go.
+
+    * a logger with a ``log_dir`` (TensorBoard, CSV): that, e.g. ``<root>/lightning_logs/version_3``;
+    * another logger (W&B): ``<save_dir or default_root_dir>/<name>/<version>``, the same folder that
+      `lightning.pytorch.callbacks.ModelCheckpoint` puts its ``checkpoints/`` in;
+    * no logger: ``trainer.default_root_dir``.
+    """
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    log_dir = getattr(logger, "log_dir", None)
+    if log_dir:
+        return Path(log_dir)
+    save_dir = logger.save_dir or trainer.default_root_dir
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(save_dir) / str(logger.name) / version
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _class_names(trainer: L.Trainer, num_classes: int) -> list[str] | None:
+    """Class names from the DataModule (``class_names``/``classes``) or the test dataset (``classes``)."""
+    dataset = _first_loader(trainer, "dataset")
+    candidates = [trainer.datamodule, dataset, getattr(dataset, "dataset", None)]
+    for obj in candidates:
+        for attr in ("class_names", "classes"):
+            names = getattr(obj, attr, None)
+            if isinstance(names, list | tuple) and len(names) == num_classes:
+                return [str(n) for n in names]
+    return None
+
+
+class TestReport(L.Callback):
+    """After each test, write the run's test metrics, confusion matrix and figures into `run_dir`.
+
+    Files (on global rank 0; the metrics are already synced across processes):
+        * ``test_metrics.json`` (`METRICS_FILENAME`): ``format``, ``created`` (UTC ISO time),
+          ``dataset``/``backbone``/``criterion``/``seed`` (`run_identity`), ``metrics`` (every scalar
+          ``test_*`` value in ``trainer.callback_metrics``: ``_err``/``_acc`` in percent, ``test_ece`` a
+          fraction, ``test_nll`` in nats), ``per_class_acc`` (percent, ``null`` for an absent class),
+          ``num_samples``, ``ckpt_path``, ``files`` and ``config`` (the resolved CLI config or ``null``);
+        * ``confusion_matrix.csv``: C x C counts, rows = true class, columns = predicted class;
+        * ``figures/softmax_heatmap.png``, ``figures/reliability_diagram.png``,
+          ``figures/confusion_matrix.png`` (`crl_lightning.figures`), also logged as images to every
+          `WandbLogger` of the trainer.
+
+    `ImageClassifier` adds this callback itself (``test_report=True``); add it to the trainer yourself to
+    change its options. With another LightningModule it writes the metrics and identity only. Under
+    ``fast_dev_run`` it writes nothing (as Lightning then writes no logs or checkpoints), so smoke runs
+    never end up in a ``crl compare`` table.
+
+    Args:
+        figures: draw and save the figures (matplotlib, Agg, imported only here).
+        dirpath: where to write; ``None`` uses `run_dir`.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, figures: bool = True, dirpath: str | Path | None = None) -> None:
+        self.figures = figures
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        #: Path of the last metrics file written (``None`` before the first test).
+        self.last_path: Path | None = None
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        out = self.dirpath if self.dirpath is not None else run_dir(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = {
+            name: float(value)
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith("test_") and isinstance(value, Tensor) and value.numel() == 1
+        }
+        results: dict[str, Any] = getattr(pl_module, "test_results", None) or {}
+        files: dict[str, Any] = {}
+        confusion = results.get("confusion_matrix")
+        if confusion is not None:
+            with open(out / "confusion_matrix.csv", "w", newline="") as f:
+                csv.writer(f).writerows(confusion.tolist())
+            files["confusion_matrix"] = "confusion_matrix.csv"
+        class_names = _class_names(trainer, confusion.shape[0]) if confusion is not None else None
+        if self.figures and results:
+            from crl_lightning.figures import save_test_figures
+
+            paths = save_test_figures(results, out / "figures", class_names=class_names)
+            files["figures"] = {key: str(path.relative_to(out)) for key, path in paths.items()}
+            self._log_to_wandb(trainer, paths, results.get("per_class_acc"), class_names)
+        config = resolved_config(trainer)
+        record = {
+            "format": METRICS_FORMAT,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **run_identity(trainer, pl_module),
+            "metrics": metrics,
+            "per_class_acc": results.get("per_class_acc"),
+            "class_names": class_names,
+            "num_samples": int(confusion.sum()) if confusion is not None else None,
+            "ckpt_path": trainer.ckpt_path,
+            "files": files,
+            "config": config,
+        }
+        self.last_path = out / METRICS_FILENAME
+        self.last_path.write_text(json.dumps(_jsonable(record), indent=2, default=str) + "\n")
+
+    @staticmethod
+    def _log_to_wandb(
+        trainer: L.Trainer, paths: dict[str, Path], per_class: Tensor | None, class_names: list[str] | None
+    ) -> None:
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                continue
+            for key, path in paths.items():
+                logger.log_image(key=f"test/{key}", images=[str(path)])
+            if per_class is not None:
+                names = class_names or [str(i) for i in range(len(per_class))]
+                rows = [[i, names[i], None if math.isnan(a) else a] for i, a in enumerate(per_class.tolist())]
+                logger.log_table(key="test/per_class_acc", columns=["class", "name", "acc_percent"], data=rows)
+
+
+def configure_wandb_loggers(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule | None = None,
+    job_type: str | None = None,
+) -> None:
+    """Name, group and tag each not-yet-started `WandbLogger` of ``trainer`` after the run's identity.
+
+    Must run before the W&B run starts (Lightning starts it at the beginning of ``fit``/``test``, before
+    any callback hook), so the ``crl`` CLI calls it right after building the trainer; in plain Python
+    call it before ``trainer.fit``. Values the user set (``name``, ``group``, ``tags``, ``job_type``)
+    are kept. What it sets in ``wandb.init``:
+
+    * ``group``: ``"<dataset>/<backbone>/<criterion label>"`` (seeds of one setting share a group, so
+      W&B draws their mean and spread; CE-vs-CRL panels group by it);
+    * ``name``: ``"<group>/seed<seed>"``; ``tags``: dataset, backbone, criterion label;
+    * ``job_type``: ``job_type`` (the CLI passes its subcommand: ``fit``, ``test``, ...);
+    * ``config``: the full resolved CLI config (when there is one) plus ``crl`` = `run_identity`, so
+      the W&B table can also group or filter by any config value;
+    * ``dir``: when ``save_dir`` is WandbLogger's default ``"."``, ``trainer.default_root_dir``, so W&B's
+      files (``wandb/``), the checkpoints and the test report (``<project>/<run id>/``) all go there.
+
+    Args:
+        trainer: the trainer whose loggers are configured.
+        model: the LightningModule (backbone and criterion).
+        datamodule: the DataModule (its class names the dataset); ``None`` reads ``trainer.datamodule``.
+        job_type: W&B job type, or ``None`` to leave unset.
+    """
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if not loggers:
+        return
+    identity = run_identity(trainer, model, datamodule)
+    crit = identity["criterion"]["label"]
+    dataset = identity["dataset"].removesuffix("DataModule") or identity["dataset"]
+    group = f"{dataset}/{identity['backbone']}/{crit}"
+    name = group + (f"/seed{identity['seed']}" if identity["seed"] is not None else "")
+    config = resolved_config(trainer) or {}
+    for logger in loggers:
+        init = getattr(logger, "_wandb_init", None)
+        if not isinstance(init, dict) or getattr(logger, "_experiment", None) is not None:
+            rank_zero_warn(
+                "configure_wandb_loggers: expected a WandbLogger whose run has not started, got a started run"
+                " (or a WandbLogger without `_wandb_init`); its name and group are left as they are"
+            )
+            continue
+        defaults = {"name": name, "group": group, "tags": [dataset, identity["backbone"], crit], "job_type": job_type}
+        for key, value in defaults.items():
+            if init.get(key) is None and value is not None:
+                init[key] = value
+        init["config"] = {**config, **(init.get("config") or {}), "crl": identity}
+        if logger.save_dir == "." and os.path.abspath(trainer.default_root_dir) != os.getcwd():
+            init["dir"] = logger._save_dir = os.fspath(trainer.default_root_dir)
+            os.makedirs(init["dir"], exist_ok=True)

@@ -1,0 +1,181 @@
+"""``crl cv``: k-fold cross-validation (the Adience five-fold protocol) from one config, one table out.
+
+    crl cv --config examples/configs/adience_age_crl.yaml [--folds 0 1 2 3 4] [--output table.md]
+           [--trainer.default_root_dir runs/adience_cv] [any other --key value, passed to every fold]
+
+For each fold k the command runs ``crl fit --config ... --data.fold k`` from fresh weights (a new
+model per fold, seeded by the config's ``seed_everything``), in ``<root>/fold_<k>``, then tests the
+best checkpoint (the last weights when none was saved) on fold k. It prints, and writes to ``--output``
+(default ``<root>/cv_results.md``), a markdown table with per-fold and mean +- std (sample standard
+deviation over folds) of the exact accuracy (``100 - test_top1_err``) and the one-off accuracy (the
+predicted age group within one of the true group; Levi & Hassner 2015, paper Table IV), in percent.
+
+The one-off accuracy is read from the test metric ``test_one_off_acc`` when the model logs it;
+otherwise it is computed here from the test predictions with `one_off_accuracy` (single device only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+
+__all__ = ["FoldResult", "format_table", "main", "one_off_accuracy", "run_cv"]
+
+
+@dataclass
+class FoldResult:
+    """Test results of one fold, percentages.
+
+    Attributes:
+        fold: the test fold index.
+        num_test: test samples evaluated.
+        exact_acc: exact (top-1) accuracy, percent.
+        one_off_acc: one-off accuracy, percent.
+        one_off_source: ``"metric"`` (logged ``test_one_off_acc``) or ``"predictions"`` (computed here).
+    """
+
+    fold: int
+    num_test: int
+    exact_acc: float
+    one_off_acc: float
+    one_off_source: str
+
+
+def one_off_accuracy(preds: Tensor, target: Tensor) -> float:
+    """Percent of samples whose predicted class index is within one of the true index (ordinal classes).
+
+    Args:
+        preds: (N,) int predicted class indices, or (N, C) scores (argmax is taken).
+        target: (N,) int true class indices.
+
+    Returns:
+        The one-off accuracy in [0, 100] (``nan`` for N = 0).
+
+    Raises:
+        ValueError: ``preds`` and ``target`` hold different numbers of samples.
+    """
+    if preds.ndim == 2:
+        preds = preds.argmax(dim=1)
+    if preds.shape != target.shape:
+        raise ValueError(f"preds: expected {tuple(target.shape)} class indices to match target, "
+                         f"got {tuple(preds.shape)}")
+    if target.numel() == 0:
+        return math.nan
+    return 100.0 * ((preds.long() - target.long()).abs() <= 1).float().mean().item()
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def format_table(results: Sequence[FoldResult], title: str = "") -> str:
+    """Markdown table: one row per fold and a ``mean ± std`` row (sample std, ddof=1; 0 for one fold)."""
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| fold | test samples | exact acc (%) | one-off acc (%) |", "|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.fold} | {r.num_test:,} | {r.exact_acc:.2f} | {r.one_off_acc:.2f} |")
+    if results:
+        exact = _mean_std([r.exact_acc for r in results])
+        one_off = _mean_std([r.one_off_acc for r in results])
+        total = sum(r.num_test for r in results)
+        lines.append(
+            f"| mean ± std | {total:,} | {exact[0]:.2f} ± {exact[1]:.2f} | {one_off[0]:.2f} ± {one_off[1]:.2f} |"
+        )
+    sources = ", ".join(sorted({r.one_off_source for r in results}))
+    lines += ["", f"std: sample standard deviation over {len(results)} folds; one-off accuracy from {sources}."]
+    return "\n".join(lines) + "\n"
+
+
+def _predicted_one_off(cli, ckpt_path: str | None) -> float:
+    """One-off accuracy of the test split from ``trainer.predict`` (same order as the unshuffled test loader)."""
+    datamodule = cli.datamodule
+    outputs = cli.trainer.predict(cli.model, dataloaders=datamodule.test_dataloader(), ckpt_path=ckpt_path)
+    probs = torch.cat([o.cpu() for o in outputs])
+    targets = datamodule.datasets["test"].targets
+    if targets is None:
+        raise ValueError("one-off accuracy: the test dataset exposes no targets")
+    # fast_dev_run / limit_predict_batches evaluate a prefix of the (unshuffled) test loader
+    target = torch.as_tensor(list(targets)[: len(probs)])
+    return one_off_accuracy(probs, target)
+
+
+def run_fold(base_args: Sequence[str], fold: int, root_dir: Path) -> FoldResult:
+    """Fit from fresh weights with ``--data.fold fold`` in ``root_dir/fold_<fold>``, then test; see module doc."""
+    from crl_lightning.cli import build_cli
+
+    args = ["fit", *base_args, "--data.fold", str(fold), "--test_after_fit", "false",
+            "--trainer.default_root_dir", str(root_dir / f"fold_{fold}")]
+    cli = build_cli(args)
+    checkpoint = cli.trainer.checkpoint_callback
+    ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    if "test_top1_err" not in metrics:
+        raise KeyError(f"fold {fold}: expected the test metric test_top1_err, got {sorted(metrics)}")
+    exact = 100.0 - float(metrics["test_top1_err"])
+    if "test_one_off_acc" in metrics:
+        one_off, source = float(metrics["test_one_off_acc"]), "metric"
+    else:
+        one_off, source = _predicted_one_off(cli, ckpt_path), "predictions"
+    num_test = len(cli.datamodule.datasets["test"])
+    limit = cli.trainer.num_test_batches[0] if cli.trainer.num_test_batches else None
+    if limit is not None and math.isfinite(limit):
+        num_test = min(num_test, int(limit) * cli.datamodule.batch_size)
+    return FoldResult(fold, num_test, exact, one_off, source)
+
+
+def run_cv(base_args: Sequence[str], folds: Sequence[int], root_dir: str | Path) -> list[FoldResult]:
+    """Run `run_fold` for every fold in ``folds``; ``base_args`` are the ``--config``/override arguments."""
+    return [run_fold(base_args, k, Path(root_dir)) for k in folds]
+
+
+def _config_root_dir(configs: Sequence[str]) -> str | None:
+    root = None
+    for path in configs:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+        root = (config.get("trainer") or {}).get("default_root_dir", root)
+    return root
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``crl cv`` (see the module docstring); ``args`` excludes the ``cv`` word.
+
+    Raises:
+        SystemExit: bad command-line arguments (argparse), e.g. ``--data.fold`` instead of ``--folds``.
+    """
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="crl cv", allow_abbrev=False,
+        description="Cross-validate a config over folds (fresh weights per fold); print and write a table. "
+                    "Other --key value arguments are passed to every `crl fit` run.",
+    )
+    parser.add_argument("--config", action="append", required=True, help="LightningCLI config (repeatable)")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="test folds to run")
+    parser.add_argument("--output", default=None, help="markdown table path (default <root>/cv_results.md)")
+    parser.add_argument("--trainer.default_root_dir", dest="root_dir", default=None,
+                        help="root of the per-fold run folders <root>/fold_<k> (default: the config's, or runs/cv)")
+    opts, passthrough = parser.parse_known_args(list(sys.argv[1:] if args is None else args))
+    if any(a == "--data.fold" or a.startswith("--data.fold=") for a in passthrough):
+        parser.error("pass the folds with --folds K [K ...], not --data.fold")
+    if len(set(opts.folds)) != len(opts.folds):
+        parser.error(f"--folds: expected distinct folds, got {opts.folds}")
+    root_dir = Path(opts.root_dir or _config_root_dir(opts.config) or "runs/cv")
+    base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
+    results = run_cv(base_args, opts.folds, root_dir)
+    table = format_table(results, title=f"Cross-validation: {', '.join(opts.config)}")
+    print(table)
+    output = Path(opts.output) if opts.output else root_dir / "cv_results.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(table, encoding="utf-8")
+    print(f"wrote {output}")

@@ -1,0 +1,114 @@
+"""``crl cv``: five-fold cross-validation over an Adience fixture tree, table and helpers."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from data_fixtures import CONFIGS, one_thread, write_adience  # noqa: F401 (one_thread: fixture)
+
+from crl_lightning.classifier import ImageClassifier
+from crl_lightning.cli import main
+from crl_lightning.cv import FoldResult, format_table, one_off_accuracy
+
+# Small and quick; the real torchvision:resnet34 of the config runs in test_data_adience's fast_dev_run test.
+FAST = [
+    "--data.image_size", "32", "--data.batch_size", "4", "--data.num_workers", "0", "--data.pin_memory", "false",
+    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--model.init_args.test_report", "false", "--model.init_args.backbone", "preact_resnet20",
+]
+
+
+@pytest.fixture(scope="module")
+def adience_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adience")
+    write_adience(root)
+    return root
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rows(table: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| fold")]
+
+
+def test_one_off_accuracy_values():
+    preds, target = torch.tensor([0, 1, 2, 5, 7]), torch.tensor([0, 2, 4, 5, 6])
+    assert one_off_accuracy(preds, target) == pytest.approx(80.0)  # |diff| = 0 1 2 0 1
+    scores = torch.nn.functional.one_hot(preds, 8).float()
+    assert one_off_accuracy(scores, target) == pytest.approx(80.0)
+    assert math.isnan(one_off_accuracy(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long)))
+    with pytest.raises(ValueError, match=r"expected \(5,\) class indices"):
+        one_off_accuracy(preds[:3], target)
+
+
+def test_format_table_mean_and_sample_std():
+    table = format_table([FoldResult(0, 100, 50.0, 90.0, "metric"), FoldResult(1, 120, 60.0, 80.0, "metric")])
+    rows = _rows(table)
+    assert rows[0] == ["0", "100", "50.00", "90.00"]
+    assert rows[1] == ["1", "120", "60.00", "80.00"]
+    assert rows[2] == ["mean ± std", "220", "55.00 ± 7.07", "85.00 ± 7.07"]  # sample std (ddof=1)
+    assert "one-off accuracy from metric" in table
+
+
+def test_cv_five_folds_fast_dev_run_fresh_weights(adience_root, tmp_path, capsys, monkeypatch):
+    starts = []
+
+    def record(self):
+        starts.append((id(self), sum(float(p.detach().double().sum()) for p in self.parameters())))
+
+    monkeypatch.setattr(ImageClassifier, "on_fit_start", record, raising=False)
+    output = tmp_path / "table.md"
+    main(["cv", "--config", str(CONFIGS / "adience_age_crl.yaml"), "--output", str(output),
+          "--data.data_dir", str(adience_root), "--trainer.fast_dev_run", "1",
+          "--trainer.default_root_dir", str(tmp_path / "runs"), *FAST])
+    table = output.read_text()
+    assert table in capsys.readouterr().out
+    rows = _rows(table)
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "4", "mean ± std"]
+    exact = [float(r[2]) for r in rows[:5]]
+    one_off = [float(r[3]) for r in rows[:5]]
+    assert all(r[1] == "4" for r in rows[:5])  # fast_dev_run tests one batch of 4 faces per fold
+    assert all(e in (0.0, 25.0, 50.0, 75.0, 100.0) for e in exact)
+    assert all(o >= e for o, e in zip(one_off, exact, strict=True))
+    assert re.match(rf"{sum(exact) / 5:.2f} ± \d+\.\d\d", rows[5][2])
+    assert "one-off accuracy from metric" in table  # the config sets ordinal: the model logs test_one_off_acc
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [f"fold_{k}" for k in range(5)]
+    assert len({model for model, _ in starts}) == 5  # a new model per fold...
+    assert all(c == pytest.approx(starts[0][1]) for _, c in starts)  # ...from the same seeded initialisation
+
+
+def test_cv_tests_best_checkpoint_and_computes_one_off_without_the_metric(adience_root, tmp_path, monkeypatch):
+    from lightning.pytorch import Trainer
+
+    ckpt_paths = []
+    original_test = Trainer.test
+
+    def spy_test(self, *args, **kwargs):
+        ckpt_paths.append(kwargs.get("ckpt_path"))
+        return original_test(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "test", spy_test)
+    main(["cv", "--config", str(CONFIGS / "adience_age_crl.yaml"), "--folds", "3",
+          "--data.data_dir", str(adience_root), "--trainer.default_root_dir", str(tmp_path / "cv"),
+          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+          "--data.val_split", "0.25", *FAST, "--model.init_args.ordinal", "false"])
+    assert ckpt_paths == ["best"]  # only cv's own test (--test_after_fit false), on the saved checkpoint
+    assert list((tmp_path / "cv" / "fold_3").glob("lightning_logs/version_0/checkpoints/*.ckpt"))
+    table = (tmp_path / "cv" / "cv_results.md").read_text()
+    rows = _rows(table)
+    assert [r[0] for r in rows] == ["3", "mean ± std"]
+    assert [r[1] for r in rows] == ["16", "16"]  # the whole test fold
+    exact, one_off = float(rows[0][2]), float(rows[0][3])
+    assert one_off >= exact and (one_off / 6.25).is_integer()  # k of 16 faces
+    assert "one-off accuracy from predictions" in table
+
+
+def test_cv_refuses_data_fold_override(capsys):
+    with pytest.raises(SystemExit):
+        main(["cv", "--config", str(CONFIGS / "adience_age_crl.yaml"), "--data.fold", "2"])
+    assert "--folds" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""SVHNDataModule over fixture ``.mat`` files in the real format (X (32, 32, 3, N) uint8, y (N, 1), 10 = 0)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import write_svhn_mat
+from scipy.io import savemat
+
+from crl_lightning.data import SVHN, SVHNDataModule
+from crl_lightning.data.svhn import read_svhn_mat
+
+TRAIN_LABELS = [1, 2, 10, 10, 5, 9, 3]  # file labels; 10 is the digit 0
+TEST_LABELS = [10, 3, 4]
+EXTRA_LABELS = [7, 10]
+ONES = np.ones((2, 1), np.uint8)
+
+
+@pytest.fixture
+def svhn_root(tmp_path):
+    root = tmp_path / "svhn"
+    images = {
+        "train": write_svhn_mat(root, "train", TRAIN_LABELS, seed=1),
+        "test": write_svhn_mat(root, "test", TEST_LABELS, seed=2),
+        "extra": write_svhn_mat(root, "extra", EXTRA_LABELS, seed=3),
+    }
+    return root, images
+
+
+def test_read_mat_maps_10_to_0_and_keeps_pixels(svhn_root):
+    root, images = svhn_root
+    x, y = read_svhn_mat(root / "train_32x32.mat")
+    assert x.shape == (7, 32, 32, 3) and x.dtype == np.uint8 and x.flags.c_contiguous
+    assert y.dtype == np.int64 and y.tolist() == [1, 2, 0, 0, 5, 9, 3]
+    np.testing.assert_array_equal(x, images["train"])
+
+
+def test_datamodule_sizes_labels_and_extra(svhn_root):
+    root, images = svhn_root
+    dm = SVHNDataModule(root, use_extra=True, batch_size=4)
+    assert dm.num_classes == 10 and dm.in_chans == 3
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(dm.datasets["train"]) == 9  # train + extra
+    assert dm.datasets["train"].targets == [1, 2, 0, 0, 5, 9, 3, 7, 0]
+    assert dm.datasets["test"].targets == [0, 3, 4]
+    assert len(dm.datasets["val"]) == 3  # val_split 0: validation on test, as the paper
+    dm_no_extra = SVHNDataModule(root, use_extra=False)
+    dm_no_extra.setup("fit")
+    assert len(dm_no_extra.datasets["train"]) == 7
+
+
+def test_no_augmentation_and_normalisation(svhn_root):
+    root, images = svhn_root
+    dm = SVHNDataModule(root, use_extra=False)
+    dm.setup("fit")
+    a, label = dm.datasets["train"][2]
+    b, _ = dm.datasets["train"][2]
+    assert label == 0
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
+    torch.testing.assert_close(a, b)  # deterministic: no augmentation (paper)
+    mean, std = torch.tensor((0.4377, 0.4438, 0.4728)), torch.tensor((0.1980, 0.2010, 0.1970))
+    pixels = torch.from_numpy(images["train"][2]).permute(2, 0, 1).float() / 255
+    expected = (pixels - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(a, expected)
+
+
+def test_train_loader_drops_last_partial_batch(svhn_root):
+    root, _ = svhn_root
+    dm = SVHNDataModule(root, use_extra=True, batch_size=4)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert [len(b[1]) for b in batches] == [4, 4]  # 9 samples, the last one dropped
+    x, y = batches[0]
+    assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
+
+
+def test_val_split_is_stratified_fraction(tmp_path):
+    labels = [1 + i % 10 for i in range(40)]
+    write_svhn_mat(tmp_path, "train", labels)
+    dm = SVHNDataModule(tmp_path, use_extra=False, val_split=0.25)
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 30 and len(dm.datasets["val"]) == 10
+    assert sorted(dm.datasets["val"].targets) == list(range(10))
+
+
+def test_missing_file_names_it_and_the_download(tmp_path):
+    write_svhn_mat(tmp_path, "train", [1, 2])
+    dm = SVHNDataModule(tmp_path, use_extra=True)
+    with pytest.raises(FileNotFoundError, match=r"extra_32x32\.mat.*--data\.download true"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ({"X": np.zeros((32, 32, 1, 2), np.uint8), "y": ONES}, r"X: expected \(32, 32, 3, N\) uint8"),
+        ({"X": np.zeros((32, 32, 3, 2), np.float64), "y": ONES}, r"X: expected .* uint8, got .*float64"),
+        ({"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((3, 1), np.uint8)}, r"y: expected \(2, 1\)"),
+        ({"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[0], [11]], np.uint8)}, r"1\.\.10.*\[0, 11\]"),
+        ({"images": np.zeros((2, 2), np.uint8)}, r"expected the variables X and y, got \['images'\]"),
+    ],
+)
+def test_malformed_mat_raises_expected_vs_got(tmp_path, content, match):
+    savemat(tmp_path / "train_32x32.mat", content)
+    with pytest.raises(ValueError, match=match):
+        SVHN(tmp_path, ["train"])
+
+
+def test_not_a_mat_file(tmp_path):
+    (tmp_path / "test_32x32.mat").write_bytes(b"<html>404 not found</html>")
+    with pytest.raises(ValueError, match=r"cannot read .*test_32x32\.mat as a MATLAB"):
+        SVHN(tmp_path, ["test"])
+
+
+def test_bad_split_name(tmp_path):
+    with pytest.raises(ValueError, match="splits: expected"):
+        SVHN(tmp_path, ["valid"])
