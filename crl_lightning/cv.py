@@ -10,8 +10,8 @@ best checkpoint (the last weights when none was saved) on fold k. It prints, and
 deviation over folds) of the exact accuracy (``100 - test_top1_err``) and the one-off accuracy (the
 predicted age group within one of the true group; Levi & Hassner 2015, paper Table IV), in percent.
 
-The one-off accuracy is read from the test metric ``test_one_off_acc`` when the model logs it;
-otherwise it is computed here from the test predictions with `one_off_accuracy` (single device only).
+Every fold runs with ``--model.init_args.ordinal true``, so the model logs ``test_one_off_acc``
+(`crl_lightning.metrics.OneOffAccuracy`, synced across processes) and the table reads it from there.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
-from torch import Tensor
 
-__all__ = ["FoldResult", "format_table", "main", "one_off_accuracy", "run_cv"]
+__all__ = ["FoldResult", "format_table", "main", "run_cv"]
 
 
 @dataclass
@@ -38,37 +36,12 @@ class FoldResult:
         num_test: test samples evaluated.
         exact_acc: exact (top-1) accuracy, percent.
         one_off_acc: one-off accuracy, percent.
-        one_off_source: ``"metric"`` (logged ``test_one_off_acc``) or ``"predictions"`` (computed here).
     """
 
     fold: int
     num_test: int
     exact_acc: float
     one_off_acc: float
-    one_off_source: str
-
-
-def one_off_accuracy(preds: Tensor, target: Tensor) -> float:
-    """Percent of samples whose predicted class index is within one of the true index (ordinal classes).
-
-    Args:
-        preds: (N,) int predicted class indices, or (N, C) scores (argmax is taken).
-        target: (N,) int true class indices.
-
-    Returns:
-        The one-off accuracy in [0, 100] (``nan`` for N = 0).
-
-    Raises:
-        ValueError: ``preds`` and ``target`` hold different numbers of samples.
-    """
-    if preds.ndim == 2:
-        preds = preds.argmax(dim=1)
-    if preds.shape != target.shape:
-        raise ValueError(f"preds: expected {tuple(target.shape)} class indices to match target, "
-                         f"got {tuple(preds.shape)}")
-    if target.numel() == 0:
-        return math.nan
-    return 100.0 * ((preds.long() - target.long()).abs() <= 1).float().mean().item()
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -91,22 +64,8 @@ def format_table(results: Sequence[FoldResult], title: str = "") -> str:
         lines.append(
             f"| mean ± std | {total:,} | {exact[0]:.2f} ± {exact[1]:.2f} | {one_off[0]:.2f} ± {one_off[1]:.2f} |"
         )
-    sources = ", ".join(sorted({r.one_off_source for r in results}))
-    lines += ["", f"std: sample standard deviation over {len(results)} folds; one-off accuracy from {sources}."]
+    lines += ["", f"std: sample standard deviation over {len(results)} folds."]
     return "\n".join(lines) + "\n"
-
-
-def _predicted_one_off(cli, ckpt_path: str | None) -> float:
-    """One-off accuracy of the test split from ``trainer.predict`` (same order as the unshuffled test loader)."""
-    datamodule = cli.datamodule
-    outputs = cli.trainer.predict(cli.model, dataloaders=datamodule.test_dataloader(), ckpt_path=ckpt_path)
-    probs = torch.cat([o.cpu() for o in outputs])
-    targets = datamodule.datasets["test"].targets
-    if targets is None:
-        raise ValueError("one-off accuracy: the test dataset exposes no targets")
-    # fast_dev_run / limit_predict_batches evaluate a prefix of the (unshuffled) test loader
-    target = torch.as_tensor(list(targets)[: len(probs)])
-    return one_off_accuracy(probs, target)
 
 
 def run_fold(base_args: Sequence[str], fold: int, root_dir: Path) -> FoldResult:
@@ -114,23 +73,21 @@ def run_fold(base_args: Sequence[str], fold: int, root_dir: Path) -> FoldResult:
     from crl_lightning.cli import build_cli
 
     args = ["fit", *base_args, "--data.fold", str(fold), "--test_after_fit", "false",
-            "--trainer.default_root_dir", str(root_dir / f"fold_{fold}")]
+            "--model.init_args.ordinal", "true", "--trainer.default_root_dir", str(root_dir / f"fold_{fold}")]
     cli = build_cli(args)
     checkpoint = cli.trainer.checkpoint_callback
     ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)[0]
-    if "test_top1_err" not in metrics:
-        raise KeyError(f"fold {fold}: expected the test metric test_top1_err, got {sorted(metrics)}")
+    missing = {"test_top1_err", "test_one_off_acc"} - set(metrics)
+    if missing:
+        raise KeyError(f"fold {fold}: expected the test metrics {sorted(missing)}, got {sorted(metrics)}")
     exact = 100.0 - float(metrics["test_top1_err"])
-    if "test_one_off_acc" in metrics:
-        one_off, source = float(metrics["test_one_off_acc"]), "metric"
-    else:
-        one_off, source = _predicted_one_off(cli, ckpt_path), "predictions"
+    one_off = float(metrics["test_one_off_acc"])
     num_test = len(cli.datamodule.datasets["test"])
     limit = cli.trainer.num_test_batches[0] if cli.trainer.num_test_batches else None
     if limit is not None and math.isfinite(limit):
         num_test = min(num_test, int(limit) * cli.datamodule.batch_size)
-    return FoldResult(fold, num_test, exact, one_off, source)
+    return FoldResult(fold, num_test, exact, one_off)
 
 
 def run_cv(base_args: Sequence[str], folds: Sequence[int], root_dir: str | Path) -> list[FoldResult]:
