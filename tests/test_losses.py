@@ -394,3 +394,13 @@ def test_every_registered_criterion(name):
     assert torch.isfinite(criterion(z16, target)).all()
     # the module wraps its function: same value as the registry default built twice
     torch.testing.assert_close(create_criterion(name)(logits.detach(), target), loss.detach())
+
+
+def test_second_order_gradients_match_reference():
+    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 0])
+    hessian_terms = []
+    for fused in (True, False):
+        (grad,) = torch.autograd.grad(competing_ratio_loss(z, t, fused=fused), z, create_graph=True)
+        hessian_terms.append(torch.autograd.grad(grad.pow(2).sum(), z)[0])
+    torch.testing.assert_close(*hessian_terms)

@@ -104,59 +104,28 @@ def _reduce(loss: Tensor, denom: Tensor | float, reduction: str) -> Tensor:
     return total / denom
 
 
-class _CRLFromNLL(torch.autograd.Function):
-    """Maps per-row cross-entropy ``u = -log p_c`` (N,) to reduced CRL; backward multiplies by ``w``.
-
-    CRL is a per-row function of the cross-entropy: ``g(u) = u + beta * log(alpha - expm1(-u))``
-    (since ``1 - p_c = -expm1(-u)``), with ``g'(u) = 1 + beta * p_c / (alpha + 1 - p_c) = w``. Feeding
-    the output of ``F.cross_entropy(..., reduction="none")`` here gives the closed-form gradient
-    ``(p - onehot(c)) * w``: the softmax is computed once (by cross-entropy's own kernel) and only its
-    (N, C) log-softmax is saved, exactly what cross-entropy stores, plus one scalar per row.
-    """
-
-    @staticmethod
-    def forward(ctx, nll, sample_w, alpha, beta, reduction):  # noqa: D417
-        denom_q = torch.expm1(-nll).neg_().add_(alpha)  # alpha + 1 - p_c, > 0 for alpha > 0
-        loss = torch.log(denom_q).mul_(beta).add_(nll)
-        w = torch.exp(-nll).div_(denom_q).mul_(beta).add_(1.0)  # dCRL/du per row
-        if sample_w is not None:
-            loss.mul_(sample_w)
-            w.mul_(sample_w)
-        if reduction == "mean" and sample_w is not None:
-            denom = sample_w.sum()
-            denom = torch.where(denom > 0, denom, torch.ones_like(denom))  # all ignored: 0, not NaN
-            w.div_(denom)
-            out = loss.sum().div_(denom)
-        elif reduction == "mean":
-            w.div_(max(len(loss), 1))
-            out = loss.sum().div_(max(len(loss), 1))
-        else:
-            out = loss.sum() if reduction == "sum" else loss
-        ctx.save_for_backward(w)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (w,) = ctx.saved_tensors
-        return grad_out * w, None, None, None, None
-
-
 def _crl_fused(
     logits: Tensor, target: Tensor, alpha: float, beta: float, weight: Tensor | None, ignore_index: int,
     reduction: str, all_valid: bool,
 ) -> Tensor:
-    """Hard-target CRL for ``alpha > 0`` through ``F.cross_entropy`` and `_CRLFromNLL`."""
+    """Hard-target CRL for ``alpha > 0`` as a per-row function of PyTorch's cross-entropy.
+
+    With ``u = -log p_c`` from ``F.cross_entropy(..., reduction="none")`` and ``1 - p_c = -expm1(-u)``,
+    ``CRL = g(u) = u + beta * log(alpha - expm1(-u))`` and ``g'(u) = 1 + beta * p_c / (alpha + 1 - p_c) = w``,
+    so autograd's chain rule gives exactly the closed-form gradient ``(p - onehot(c)) * w``. The softmax
+    is computed once, by the cross-entropy kernel, which stores its (N, C) log-softmax as plain
+    cross-entropy does; every other tensor is (N,)-sized. Higher-order gradients are exact.
+    """
     x = _compute_dtype(logits)
     nll = F.cross_entropy(x, target.long(), ignore_index=ignore_index, reduction="none")  # 0 for ignored rows
-    sample_w = None
-    if not all_valid:
-        valid = target != ignore_index
-        sample_w = valid.to(x.dtype)
+    loss = torch.add(nll, torch.rsub(torch.expm1(nll.neg()), alpha).log(), alpha=beta)
+    if all_valid and weight is None:
+        return loss if reduction == "none" else loss.sum() if reduction == "sum" else loss.mean()
+    valid = target != ignore_index
+    sample_w = valid.to(x.dtype)
     if weight is not None:
-        tgt = target.long() if sample_w is None else torch.where(valid, target.long(), 0)
-        w_c = weight.to(x.dtype)[tgt]
-        sample_w = w_c if sample_w is None else sample_w * w_c
-    return _CRLFromNLL.apply(nll, sample_w, alpha, beta, reduction)
+        sample_w = sample_w * weight.to(x.dtype)[torch.where(valid, target.long(), 0)]
+    return _reduce(loss * sample_w, sample_w.sum(), reduction)
 
 
 def _crl_composite(
@@ -253,8 +222,9 @@ def competing_ratio_loss(
     Hard targets without label smoothing and ``alpha > 0`` use the fused path: CRL is a per-row
     function of cross-entropy, ``g(u) = u + beta * log(alpha - expm1(-u))`` with ``u = -log p_c``, so
     ``F.cross_entropy(..., reduction="none")`` (softmax computed once by its own kernel, storing what
-    cross-entropy stores) is followed by one autograd function whose backward multiplies by the
-    closed-form ``w``. Other cases, or ``fused=False``, use plain autograd ops (the reference).
+    cross-entropy stores) is followed by a few (N,)-sized ops whose chain rule multiplies the
+    cross-entropy gradient by the closed-form ``w``. Other cases, or ``fused=False``, use the reference:
+    plain autograd ops on the (N, C) log-softmax.
 
     Args:
         logits: (N, C) float16/bfloat16/float32/float64 unnormalised scores.
@@ -266,7 +236,7 @@ def competing_ratio_loss(
         ignore_index: target value to ignore (hard targets only).
         reduction: ``"none"`` (per-sample, shape (N,)), ``"mean"`` or ``"sum"`` (scalars).
         label_smoothing: eps in ``[0, 1]``.
-        fused: use the fused autograd function when the options allow it.
+        fused: use the cross-entropy-based fast path when the options allow it.
 
     Returns:
         float32 tensor (float64 for float64 logits): scalar, or (N,) with ``reduction="none"``.
