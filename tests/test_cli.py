@@ -58,7 +58,7 @@ def test_checkpoint_restores_the_criterion(tmp_path):
           "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
           "--model.init_args.criterion", "crl_lightning.losses.FocalLoss",
           "--model.init_args.criterion.init_args.gamma", "3.0"])
-    ckpt = next(tmp_path.rglob("last.ckpt"))
+    ckpt = next(tmp_path.rglob("*.ckpt"))
     model = ImageClassifier.load_from_checkpoint(ckpt)
     assert isinstance(model.criterion, FocalLoss) and model.criterion.gamma == 3.0
     assert model.hparams.in_chans == 1 and model.hparams.num_classes == 10

@@ -1,10 +1,27 @@
 """The paper's 32x32-input networks (CIFAR-10/100, SVHN), registered under bare names.
 
-* ``cifar_resnet34/50/101``: torchvision's ResNets with the stem replaced by a 3x3 stride-1
-  convolution and no max-pool (the common CIFAR adaptation, e.g. kuangliu/pytorch-cifar).
-* ``preact_resnet20/56/110/164``: pre-activation ResNets of He et al. 2016 ("Identity Mappings"),
-  3 stages of 16/32/64 base widths; depth 9n+2 with bottlenecks (164), 6n+2 with basic blocks (20-110).
-* ``cifar_vgg16_bn/19_bn``: torchvision's VGG-BN feature extractors, then global pooling and one linear layer.
+* ``cifar_resnet18/34/50/101``: torchvision's ResNets with the stem replaced by a 3x3 stride-1
+  convolution and no max-pool (the common CIFAR adaptation of kuangliu/pytorch-cifar, ``models/resnet.py``).
+* ``preact_resnet20/56/110/164``: pre-activation ResNets of He et al. 2016 ("Identity Mappings in Deep
+  Residual Networks"), 3 stages of 16/32/64 base widths; depth 9n+2 with bottlenecks (164), 6n+2 with
+  basic blocks (20-110). This is the paper's "ResNet164".
+* ``cifar_vgg16_bn/19_bn``: torchvision's VGG-BN feature extractors (13/16 conv3x3-BN-ReLU, 5 max-pools),
+  then global pooling (1x1 at 32x32 input) and one linear layer, as kuangliu/pytorch-cifar ``models/vgg.py``.
+
+Parameter counts (10 / 100 classes), tested in ``tests/test_models.py``:
+
+===================  ==========  ==========  ==========================================================
+name                 CIFAR-10    CIFAR-100   reference
+===================  ==========  ==========  ==========================================================
+cifar_resnet34       21,282,122  21,328,292  kuangliu ResNet34: 21,282,122 (same architecture)
+cifar_resnet50       23,520,842  23,705,252  kuangliu ResNet50: 23,520,842
+cifar_resnet101      42,512,970  42,697,380  kuangliu ResNet101: 42,512,970
+preact_resnet164      1,703,258   1,726,388  He et al. 2016 (Identity Mappings): 1.7 M
+cifar_vgg16_bn       14,728,266  14,774,436  kuangliu VGG16: 14,728,266
+cifar_vgg19_bn       20,040,522  20,086,692  kuangliu VGG19: 20,040,522
+===================  ==========  ==========  ==========================================================
+
+Input: the VGGs need H, W >= 32 (five 2x2 max-pools); the ResNets take any H, W (global average pooling).
 """
 
 from __future__ import annotations
@@ -118,7 +135,8 @@ class PreActResNet(nn.Module):
         super().__init__()
         per = 9 if bottleneck else 6
         if (depth - 2) % per != 0 or depth < per + 2:
-            raise ValueError(f"depth: expected {per}n+2 for {'bottleneck' if bottleneck else 'basic'} blocks, got {depth}")
+            kind = "bottleneck" if bottleneck else "basic"
+            raise ValueError(f"depth: expected {per}n+2 for {kind} blocks, got {depth}")
         n = (depth - 2) // per
         block = _PreActBottleneck if bottleneck else _PreActBlock
         self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
