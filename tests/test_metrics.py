@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import lightning as L
 import pytest
@@ -318,7 +317,7 @@ def test_classifier_argument_errors():
         ImageClassifier(num_classes=10, calibration_bins=0)
 
 
-@pytest.mark.skipif(os.environ.get("CRL_TEST_DDP") != "1", reason="3-process CPU DDP, ~30 s: set CRL_TEST_DDP=1")
+@pytest.mark.slow
 def test_ddp_eval_counts_each_sample_once(tmp_path):
     # Real DDP (gloo, 3 processes): Lightning injects a padding DistributedSampler (10 samples -> 12 slots).
     data = make_data(10)

@@ -63,7 +63,7 @@ def test_offline_wandb_run_writes_its_folder_and_finishes(tmp_path, monkeypatch)
     assert b"test_top1_err" in records and b"val_top1_err" in records and group.encode() in records
     report = json.loads((root / "crl_lightning" / run_id / METRICS_FILENAME).read_text())  # next to checkpoints
     assert summary["test_top1_err"] == pytest.approx(report["metrics"]["test_top1_err"])
-    assert (root / "crl_lightning" / run_id / "checkpoints" / "last.ckpt").exists()
+    assert list((root / "crl_lightning" / run_id / "checkpoints").glob("*.ckpt"))
     images = sorted(p.name.split("_")[0] for p in (run_dir / "files" / "media" / "images" / "test").glob("*.png"))
     assert images == ["confusion", "reliability", "softmax"]
     assert list((run_dir / "files" / "media" / "table" / "test").glob("per_class_acc*.table.json"))
