@@ -1,7 +1,13 @@
 """LightningDataModules for the paper's datasets and the offline digits demo."""
 
 from crl_lightning.data.adience import AdienceDataModule, AdienceFaces
-from crl_lightning.data.base import CorruptImageError, ImageDataModule, ImageFileDataset, TransformedSubset
+from crl_lightning.data.base import (
+    CorruptImageError,
+    ImageDataModule,
+    ImageFileDataModule,
+    ImageFileDataset,
+    TransformedSubset,
+)
 from crl_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from crl_lightning.data.cub import CUB2011, CUB200DataModule
 from crl_lightning.data.digits import DigitsDataModule
@@ -20,6 +26,7 @@ __all__ = [
     "CorruptImageError",
     "DigitsDataModule",
     "ImageDataModule",
+    "ImageFileDataModule",
     "ImageFileDataset",
     "ImageNetDataModule",
     "SVHNDataModule",

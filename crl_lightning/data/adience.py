@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import BadImagePolicy, ImageDataModule, ImageFileDataset, skip_none_collate
+from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset
 from crl_lightning.data.splits import check_subject_exclusive, subject_kfold, subject_train_val_split
 
 __all__ = [
@@ -284,7 +284,7 @@ def face_train(size: int, resize: int, stats: T.Stats = T.IMAGENET_STATS) -> v2.
     ])
 
 
-class AdienceDataModule(ImageDataModule):
+class AdienceDataModule(ImageFileDataModule):
     """Adience age-group (8 classes) or gender (2 classes) classification, one fold of the five-fold protocol.
 
     ``fold`` is the test fold; the other four train. Validation holds out whole subjects (about
@@ -348,12 +348,12 @@ class AdienceDataModule(ImageDataModule):
         seed: int = 0,
         val_split: float = 0.1,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split)
+        super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
+                         persistent_workers, seed, val_split)
         checks = {
             "task": (task, ("age", "gender")),
             "age_policy": (age_policy, ("drop", "nearest")),
             "image_set": (image_set, tuple(IMAGE_SETS)),
-            "bad_images": (bad_images, ("raise", "skip")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -362,16 +362,9 @@ class AdienceDataModule(ImageDataModule):
             raise ValueError(f"fold: expected a test fold in 0..{self.num_folds - 1}, got {fold}")
         if val_split > 0.5:
             raise ValueError(f"val_split: expected a fraction of subjects in [0, 0.5], got {val_split}")
-        resize_size = resize_size if resize_size is not None else round(image_size * 8 / 7)
-        if not 1 <= image_size <= resize_size:
-            raise ValueError(
-                "image_size/resize_size: expected 1 <= image_size <= resize_size, "
-                f"got {image_size}, {resize_size}"
-            )
         self.task, self.fold, self.age_policy = task, fold, age_policy
-        self.redraw_folds, self.image_set, self.bad_images = redraw_folds, image_set, bad_images
+        self.redraw_folds, self.image_set = redraw_folds, image_set
         self.folds_dir = Path(folds_dir).expanduser() if folds_dir is not None else self.data_dir
-        self.image_size, self.resize_size = image_size, resize_size
         #: rows dropped at setup, by reason (e.g. ``{"age None": 748, "non-canonical age": 1229}``).
         self.drop_counts: Counter[str] = Counter()
         self._split_rows: dict[str, tuple[list[AdienceFace], list[int]]] | None = None
@@ -441,11 +434,5 @@ class AdienceDataModule(ImageDataModule):
         faces, labels = self.split_rows()[split]
         return AdienceFaces(self.data_dir, faces, labels, self.image_set, self.bad_images)
 
-    def collate_fn(self) -> Callable | None:
-        return skip_none_collate if self.bad_images == "skip" else None
-
     def train_transform(self) -> Callable:
         return face_train(self.image_size, self.resize_size)
-
-    def eval_transform(self) -> Callable:
-        return T.imagenet_eval(self.image_size, self.resize_size)

@@ -14,10 +14,13 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
+from crl_lightning.data import transforms as T
+
 __all__ = [
     "BadImagePolicy",
     "CorruptImageError",
     "ImageDataModule",
+    "ImageFileDataModule",
     "ImageFileDataset",
     "TransformedSubset",
     "dataset_targets",
@@ -334,3 +337,61 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+
+class ImageFileDataModule(ImageDataModule):
+    """Base of the DataModules over image files (CUB, Adience, ImageNet): size options and bad-file policy.
+
+    Training images get ImageNet-style augmentation (`transforms.imagenet_train`: RandomResizedCrop
+    ``image_size`` + horizontal flip), evaluation images a short-side resize to ``resize_size`` and a
+    single center crop ``image_size`` (`transforms.imagenet_eval`), as the paper's ImageNet protocol.
+
+    Args:
+        data_dir: root folder of the dataset files.
+        image_size: side of the square network input, pixels.
+        resize_size: eval short-side resize before the center crop (default ``round(image_size * 8 / 7)``,
+            256 for 224).
+        bad_images: ``"raise"`` (default) or ``"skip"`` undecodable image files (see `ImageFileDataset`).
+        batch_size: samples per batch, per process.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory.
+        persistent_workers: keep workers alive between epochs.
+        seed: seed of the train/val split.
+        val_split: fraction of the training split held out for validation.
+
+    Raises:
+        ValueError: not ``1 <= image_size <= resize_size``, an unknown ``bad_images`` policy, or any
+            `ImageDataModule` argument error.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path = "data",
+        image_size: int = 224,
+        resize_size: int | None = None,
+        bad_images: BadImagePolicy = "raise",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        val_split: float = 0.0,
+    ) -> None:
+        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split)
+        resize_size = resize_size if resize_size is not None else round(image_size * 8 / 7)
+        if not 1 <= image_size <= resize_size:
+            raise ValueError(
+                f"image_size/resize_size: expected 1 <= image_size <= resize_size, got {image_size}, {resize_size}"
+            )
+        if bad_images not in ("raise", "skip"):
+            raise ValueError(f"bad_images: expected 'raise' or 'skip', got {bad_images!r}")
+        self.image_size, self.resize_size, self.bad_images = image_size, resize_size, bad_images
+
+    def collate_fn(self) -> Callable | None:
+        return skip_none_collate if self.bad_images == "skip" else None
+
+    def train_transform(self) -> Callable:
+        return T.imagenet_train(self.image_size)
+
+    def eval_transform(self) -> Callable:
+        return T.imagenet_eval(self.image_size, self.resize_size)

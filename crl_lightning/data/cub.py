@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 from torch.utils.data import Dataset
 
-from crl_lightning.data import transforms as T
-from crl_lightning.data.base import BadImagePolicy, ImageDataModule, ImageFileDataset, skip_none_collate
+from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset
 
 __all__ = [
     "CUB2011",
@@ -260,7 +258,7 @@ def find_cub_root(data_dir: str | Path) -> Path:
     raise _missing(data_dir / "CUB_200_2011" / "images.txt")
 
 
-class CUB200DataModule(ImageDataModule):
+class CUB200DataModule(ImageFileDataModule):
     """CUB-200-2011: 200 bird species, 5,994 train / 5,794 test images (official split).
 
     ``data_dir`` is the ``CUB_200_2011`` folder extracted from ``CUB_200_2011.tgz`` or its parent. Training
@@ -306,27 +304,11 @@ class CUB200DataModule(ImageDataModule):
         seed: int = 0,
         val_split: float = 0.0,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split)
-        if image_size < 1 or (resize_size is not None and resize_size < image_size):
-            raise ValueError(
-                "image_size/resize_size: expected 1 <= image_size <= resize_size, "
-                f"got {image_size}, {resize_size}"
-            )
-        if bad_images not in ("raise", "skip"):
-            raise ValueError(f"bad_images: expected 'raise' or 'skip', got {bad_images!r}")
-        self.crop_to_bbox, self.bad_images = crop_to_bbox, bad_images
-        self.image_size, self.resize_size = image_size, resize_size
+        super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
+                         persistent_workers, seed, val_split)
+        self.crop_to_bbox = crop_to_bbox
 
     def build_dataset(self, split: str) -> Dataset:
         if split not in ("train", "test"):
             raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
         return CUB2011(find_cub_root(self.data_dir), split, self.crop_to_bbox, self.bad_images)
-
-    def collate_fn(self) -> Callable | None:
-        return skip_none_collate if self.bad_images == "skip" else None
-
-    def train_transform(self) -> Callable:
-        return T.imagenet_train(self.image_size)
-
-    def eval_transform(self) -> Callable:
-        return T.imagenet_eval(self.image_size, self.resize_size)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
-from crl_lightning.data import transforms as T
-from crl_lightning.data.base import BadImagePolicy, ImageDataModule, ImageFileDataset, skip_none_collate
+from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageNetDataModule", "find_synsets", "list_class_folders", "list_flat_val"]
 
@@ -141,7 +139,7 @@ def list_flat_val(
     return [str(folder / stems[s]) for s in order], [class_to_idx[synset_of[s]] for s in order]
 
 
-class ImageNetDataModule(ImageDataModule):
+class ImageNetDataModule(ImageFileDataModule):
     """ILSVRC-2012 classification: 1,281,167 train / 50,000 val images, 1,000 classes.
 
     ``<data_dir>/<train_dir>/<synset>/*.JPEG`` trains; the class index is the position of the synset in
@@ -194,16 +192,10 @@ class ImageNetDataModule(ImageDataModule):
         seed: int = 0,
         val_split: float = 0.0,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split)
+        super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
+                         persistent_workers, seed, val_split)
         if num_classes < 1:
             raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
-        if image_size < 1 or (resize_size is not None and resize_size < image_size):
-            raise ValueError(
-                "image_size/resize_size: expected 1 <= image_size <= resize_size, "
-                f"got {image_size}, {resize_size}"
-            )
-        if bad_images not in ("raise", "skip"):
-            raise ValueError(f"bad_images: expected 'raise' or 'skip', got {bad_images!r}")
         if val_labels is not None and Path(val_labels).suffix.lower() != ".csv":
             raise ValueError(
                 f"val_labels: expected LOC_val_solution.csv (synset per image), got {val_labels}; the devkit "
@@ -212,7 +204,6 @@ class ImageNetDataModule(ImageDataModule):
         self.num_classes = num_classes
         self.train_dir, self.val_dir = self.data_dir / train_dir, self.data_dir / val_dir
         self.val_labels = Path(val_labels).expanduser() if val_labels is not None else None
-        self.image_size, self.resize_size, self.bad_images = image_size, resize_size, bad_images
         self._class_to_idx: dict[str, int] | None = None
         self._built: dict[str, ImageFileDataset] = {}  # val_split=0 asks for "test" twice (val and test)
 
@@ -279,12 +270,3 @@ class ImageNetDataModule(ImageDataModule):
         rank_zero_info(f"ImageNet {split}: {len(paths):,} images of {len(set(targets))} classes")
         self._built[split] = ImageFileDataset(paths, targets, self.bad_images)
         return self._built[split]
-
-    def collate_fn(self) -> Callable | None:
-        return skip_none_collate if self.bad_images == "skip" else None
-
-    def train_transform(self) -> Callable:
-        return T.imagenet_train(self.image_size)
-
-    def eval_transform(self) -> Callable:
-        return T.imagenet_eval(self.image_size, self.resize_size)
