@@ -262,6 +262,20 @@ def competing_ratio_loss(
     return _crl_composite(logits, target, alpha, beta, weight, ignore_index, reduction, label_smoothing, soft)
 
 
+def _hard_target_logp(
+    logits: Tensor, target: Tensor, ignore_index: int, reduction: str, weight: Tensor | None, name: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Checks for hard-target criteria; returns logits in compute dtype, valid mask, safe target, log p_c."""
+    if _check_common(logits, target, reduction, weight):
+        raise ValueError(f"target: {name} expects (N,) class indices, got soft (N, C) targets")
+    _check_range(target, logits.shape[1], ignore_index)
+    x = _compute_dtype(logits)
+    valid = target != ignore_index
+    tgt = torch.where(valid, target, 0).long()
+    logp_c = F.log_softmax(x, dim=1).gather(1, tgt.unsqueeze(1)).squeeze(1)
+    return x, valid, tgt, logp_c
+
+
 def focal_loss(
     logits: Tensor,
     target: Tensor,
@@ -291,17 +305,11 @@ def focal_loss(
     """
     if not gamma >= 0:
         raise ValueError(f"gamma: expected gamma >= 0, got {gamma}")
-    if _check_common(logits, target, reduction, alpha):
-        raise ValueError("target: focal_loss expects (N,) class indices, got soft (N, C) targets")
-    _check_range(target, logits.shape[1], ignore_index)
-    x = _compute_dtype(logits)
-    valid = target != ignore_index
-    tgt = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)
-    logp_c = F.log_softmax(x, dim=1).gather(1, tgt).squeeze(1)
+    x, valid, tgt, logp_c = _hard_target_logp(logits, target, ignore_index, reduction, alpha, "focal_loss")
     q = -torch.expm1(logp_c)  # 1 - p_c
     loss = -(q.clamp_min(0.0) ** gamma) * logp_c * valid.to(x.dtype)
     if alpha is not None:
-        loss = loss * alpha.to(x.dtype)[tgt.squeeze(1)]
+        loss = loss * alpha.to(x.dtype)[tgt]
     return _reduce(loss, valid.sum().to(x.dtype), reduction)
 
 
@@ -327,12 +335,6 @@ def poly1_cross_entropy(
     Raises:
         ValueError: bad shapes, soft targets, or out-of-range class indices.
     """
-    if _check_common(logits, target, reduction, None):
-        raise ValueError("target: poly1_cross_entropy expects (N,) class indices, got soft (N, C) targets")
-    _check_range(target, logits.shape[1], ignore_index)
-    x = _compute_dtype(logits)
-    valid = target != ignore_index
-    tgt = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)
-    logp_c = F.log_softmax(x, dim=1).gather(1, tgt).squeeze(1)
+    x, valid, _, logp_c = _hard_target_logp(logits, target, ignore_index, reduction, None, "poly1_cross_entropy")
     loss = (-logp_c - epsilon * torch.expm1(logp_c)) * valid.to(x.dtype)
     return _reduce(loss, valid.sum().to(x.dtype), reduction)
