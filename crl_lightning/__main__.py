@@ -1,6 +1,6 @@
 """``python -m crl_lightning`` is the ``crl`` command."""
 
-from crl_lightning.cli import main
+from crl_lightning.cli import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

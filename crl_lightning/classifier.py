@@ -69,7 +69,8 @@ class ImageClassifier(L.LightningModule):
         optimizer: callable ``params -> Optimizer``; ``None`` gives `PAPER_SGD`.
         lr_scheduler: callable ``optimizer -> LRScheduler`` stepped once per epoch; ``None`` divides
             the lr by 10 at 50 % and 75 % of ``trainer.max_epochs`` (the paper's CIFAR/SVHN/CUB schedule).
-        top_k: the k of the logged top-k errors; each must be ``<= num_classes``.
+        top_k: the k of the logged top-k errors; each must be ``<= num_classes``. ``None``: (1, 5), or
+            (1,) when there are fewer than 5 classes.
         channels_last: convert the network and the inputs to channels-last memory format.
         compile: wrap the network in ``torch.compile``.
         ordinal: the classes are ordered (Adience age groups): also log exact and one-off accuracy.
@@ -79,7 +80,8 @@ class ImageClassifier(L.LightningModule):
         test_report: add a `crl_lightning.callbacks.TestReport` callback (metrics file and figures).
 
     Raises:
-        ValueError: a k in ``top_k`` outside ``[1, num_classes]``, ``calibration_bins < 1``,
+        TypeError: ``criterion`` is not an ``nn.Module`` (e.g. a registry name: use `create_criterion`).
+        ValueError: ``num_classes < 1``, a k in ``top_k`` outside ``[1, num_classes]``, ``calibration_bins < 1``,
             ``heatmap_samples < 0``, or bad backbone arguments.
 
     Example:
@@ -97,7 +99,7 @@ class ImageClassifier(L.LightningModule):
         criterion: nn.Module | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
-        top_k: Sequence[int] = (1, 5),
+        top_k: Sequence[int] | None = None,
         channels_last: bool = False,
         compile: bool = False,
         ordinal: bool = False,
@@ -116,7 +118,14 @@ class ImageClassifier(L.LightningModule):
                 del self.hparams[key]
         if heatmap_samples < 0:
             raise ValueError(f"heatmap_samples: expected >= 0, got {heatmap_samples}")
-        self.top_k = tuple(top_k)
+        if num_classes < 1:
+            raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
+        if criterion is not None and not isinstance(criterion, nn.Module):
+            raise TypeError(
+                f"criterion: expected an nn.Module called as criterion(logits, target), e.g. CompetingRatioLoss() "
+                f"or crl_lightning.losses.create_criterion('crl'), got {type(criterion).__name__} {criterion!r}"
+            )
+        self.top_k = tuple(top_k) if top_k is not None else ((1, 5) if num_classes >= 5 else (1,))
         # validate_args=False: torchmetrics' target-range check costs a device-to-host sync per batch; the
         # criterion already rejects out-of-range targets.
         self.train_metrics = classification_metrics(num_classes, self.top_k, prefix="train_", validate_args=False)
@@ -139,7 +148,9 @@ class ImageClassifier(L.LightningModule):
         self.backbone = self.build_backbone()
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        self.network = torch.compile(self.backbone) if compile else self.backbone
+        # Not a registered submodule: the checkpoint holds the weights once, under ``backbone.``, whether
+        # or not the model was compiled, so a checkpoint loads with either ``compile`` setting.
+        self.__dict__["network"] = torch.compile(self.backbone) if compile else self.backbone
 
     # ----- extension points -------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:

@@ -15,7 +15,7 @@ from crl_lightning.callbacks import configure_wandb_loggers
 from crl_lightning.classifier import ImageClassifier
 from crl_lightning.data.base import ImageDataModule
 
-__all__ = ["CRLCLI", "EXTRA_COMMANDS", "build_cli", "main"]
+__all__ = ["CRLCLI", "EXTRA_COMMANDS", "build_cli", "console_main", "main"]
 
 
 class CRLCLI(LightningCLI):
@@ -55,13 +55,20 @@ def build_cli(args: Sequence[str] | None = None) -> CRLCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
+        parser_kwargs={"description": "Train and evaluate image classifiers with the Competing Ratio Loss. "
+                       "Also: `crl cv --help` (k-fold cross-validation) and `crl compare --help` (results table)."},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``crl``: ``fit|validate|test|predict`` (LightningCLI) or one of `EXTRA_COMMANDS`."""
+    """``crl fit|validate|test|predict`` (LightningCLI) or one of `EXTRA_COMMANDS`; ``args`` default ``sys.argv[1:]``.
+
+    Raises:
+        FileNotFoundError: dataset files are missing (the message says where it looked and how to get them).
+        SystemExit: bad command-line arguments, or after ``--help`` / ``--print_config``.
+    """
     import importlib
     import sys
 
@@ -70,8 +77,19 @@ def main(args: Sequence[str] | None = None) -> None:
         module, func = EXTRA_COMMANDS[argv[0]].split(":")
         getattr(importlib.import_module(module), func)(argv[1:])
         return
-    build_cli(argv)
+    build_cli(args)  # None lets LightningCLI read sys.argv itself
+
+
+def console_main() -> None:
+    """The ``crl`` console script: `main`, with missing-data errors printed as one line, not a traceback."""
+    import sys
+
+    try:
+        main()
+    except FileNotFoundError as err:
+        print(f"crl: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    console_main()

@@ -95,13 +95,30 @@ def run_cv(base_args: Sequence[str], folds: Sequence[int], root_dir: str | Path)
     return [run_fold(base_args, k, Path(root_dir)) for k in folds]
 
 
-def _config_root_dir(configs: Sequence[str]) -> str | None:
-    root = None
+def _config_value(configs: Sequence[str], section: str, key: str) -> str | None:
+    """``section.key`` of the merged YAML configs (the last one that sets it wins)."""
+    value = None
     for path in configs:
         with open(path, encoding="utf-8") as f:
             config = yaml.safe_load(f) or {}
-        root = (config.get("trainer") or {}).get("default_root_dir", root)
-    return root
+        value = (config.get(section) or {}).get(key, value)
+    return value
+
+
+def _check_data_has_folds(class_path: str | None) -> None:
+    """Raise ValueError unless the DataModule at ``class_path`` takes a ``fold`` argument."""
+    if class_path is None:
+        return
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    data_cls = getattr(importlib.import_module(module), name)
+    if "fold" not in inspect.signature(data_cls).parameters:
+        raise ValueError(
+            f"crl cv: expected a DataModule with a `fold` argument (e.g. crl_lightning.data.AdienceDataModule), "
+            f"got {class_path}"
+        )
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -127,7 +144,11 @@ def main(args: Sequence[str] | None = None) -> None:
         parser.error("pass the folds with --folds K [K ...], not --data.fold")
     if len(set(opts.folds)) != len(opts.folds):
         parser.error(f"--folds: expected distinct folds, got {opts.folds}")
-    root_dir = Path(opts.root_dir or _config_root_dir(opts.config) or "runs/cv")
+    try:
+        _check_data_has_folds(_config_value(opts.config, "data", "class_path"))
+    except ValueError as err:
+        parser.error(str(err))
+    root_dir = Path(opts.root_dir or _config_value(opts.config, "trainer", "default_root_dir") or "runs/cv")
     base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
     results = run_cv(base_args, opts.folds, root_dir)
     table = format_table(results, title=f"Cross-validation: {', '.join(opts.config)}")

@@ -102,7 +102,22 @@ def test_default_criterion_and_schedule():
 
 def test_top_k_larger_than_num_classes_is_a_config_error():
     with pytest.raises(ValueError, match="top_k: expected 1 <= k <= num_classes=2, got 5"):
-        ImageClassifier("preact_resnet20", num_classes=2)
+        ImageClassifier("preact_resnet20", num_classes=2, top_k=(1, 5))
+    assert ImageClassifier("preact_resnet20", num_classes=2).top_k == (1,)  # the default adapts
+    assert ImageClassifier("preact_resnet20", num_classes=10).top_k == (1, 5)
+
+
+def test_criterion_must_be_a_module():
+    with pytest.raises(TypeError, match=r"criterion: expected an nn.Module.*create_criterion\('crl'\), got str 'crl'"):
+        ImageClassifier("preact_resnet20", num_classes=10, criterion="crl")
+
+
+def test_checkpoint_loads_with_either_compile_setting():
+    plain = ImageClassifier("preact_resnet20", num_classes=10)
+    compiled = ImageClassifier("preact_resnet20", num_classes=10, compile=True)
+    assert all(k.startswith(("backbone.", "train_", "val_", "test_")) for k in compiled.state_dict())
+    plain.load_state_dict(compiled.state_dict())
+    compiled.load_state_dict(plain.state_dict())
 
 
 def test_subclass_runs_through_the_cli(tmp_path, monkeypatch):

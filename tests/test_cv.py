@@ -98,3 +98,10 @@ def test_cv_refuses_data_fold_override(capsys):
     with pytest.raises(SystemExit):
         main(["cv", "--config", str(CONFIGS / "adience_age_crl.yaml"), "--data.fold", "2"])
     assert "--folds" in capsys.readouterr().err
+
+
+def test_cv_refuses_a_datamodule_without_folds(capsys):
+    digits = str(CONFIGS / "digits_crl.yaml")
+    with pytest.raises(SystemExit):
+        main(["cv", "--config", digits])
+    assert "expected a DataModule with a `fold` argument" in capsys.readouterr().err

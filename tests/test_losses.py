@@ -118,6 +118,12 @@ def test_beta_zero_soft_targets_equal_cross_entropy(reduction):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_weight_as_a_list():
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    torch.testing.assert_close(competing_ratio_loss(logits, target, weight=[1.0, 2.0, 3.0]),
+                               competing_ratio_loss(logits, target, weight=torch.tensor([1.0, 2.0, 3.0])))
+
+
 def test_weighted_ignore_index_hand_computed():
     """Three rows, one ignored; mean divides by the sum of the kept rows' class weights."""
     logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
@@ -302,7 +308,7 @@ def test_autocast_cpu(dtype):
 # ----- argument checks ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"alpha": -0.1}, "alpha: expected alpha >= 0"), ({"beta": -1.0}, "beta: expected beta >= 0"),
+    [({"alpha": -0.1}, "alpha: expected a finite alpha >= 0"), ({"beta": -1.0}, "beta: expected a finite beta >= 0"),
      ({"alpha": float("nan")}, "alpha"), ({"reduction": "avg"}, "reduction: expected one of"),
      ({"label_smoothing": 1.5}, "label_smoothing")],
 )
@@ -330,6 +336,12 @@ def test_bad_targets():
 def test_module_constructor_validates():
     with pytest.raises(ValueError, match="alpha"):
         CompetingRatioLoss(alpha=-1.0)
+    with pytest.raises(ValueError, match="beta: expected a finite beta"):
+        CompetingRatioLoss(beta=float("inf"))
+    with pytest.raises(ValueError, match="reduction"):
+        CompetingRatioLoss(reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        CompetingRatioLoss(label_smoothing=2.0)
     with pytest.raises(ValueError, match="gamma"):
         FocalLoss(gamma=-1.0)
 

@@ -81,10 +81,18 @@ def _check_range(target: Tensor, num_classes: int, ignore_index: int) -> bool:
 
 
 def _check_alpha_beta(alpha: float, beta: float) -> None:
-    if not alpha >= 0:  # also catches NaN
-        raise ValueError(f"alpha: expected alpha >= 0 (paper default 1.5; 0 is the authors' alpha_0 runs), got {alpha}")
-    if not beta >= 0:
-        raise ValueError(f"beta: expected beta >= 0 (paper default 1.0; 0 gives cross-entropy), got {beta}")
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha: expected a finite alpha >= 0 (paper default 1.5; 0 is the authors' alpha_0 runs), "
+                         f"got {alpha!r}")
+    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta: expected a finite beta >= 0 (paper default 1.0; 0 gives cross-entropy), got {beta!r}")
+
+
+def _check_options(reduction: str, label_smoothing: float) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
 
 
 def _compute_dtype(logits: Tensor) -> Tensor:
@@ -232,7 +240,7 @@ def competing_ratio_loss(
             probabilities (soft targets).
         alpha: ``alpha >= 0``; paper default 1.5. Keeps the log argument positive.
         beta: ``beta >= 0``; paper default 1.0. Weight of the competing-ratio term.
-        weight: optional (C,) per-class weights (any float dtype; used in float32).
+        weight: optional (C,) per-class weights, a tensor (any float dtype) or a list; used in float32.
         ignore_index: target value to ignore (hard targets only).
         reduction: ``"none"`` (per-sample, shape (N,)), ``"mean"`` or ``"sum"`` (scalars).
         label_smoothing: eps in ``[0, 1]``.
@@ -242,7 +250,7 @@ def competing_ratio_loss(
         float32 tensor (float64 for float64 logits): scalar, or (N,) with ``reduction="none"``.
 
     Raises:
-        ValueError: bad shapes, ``alpha < 0``, ``beta < 0``, unknown reduction, label_smoothing
+        ValueError: bad shapes, ``alpha`` or ``beta`` negative or not finite, unknown reduction, label_smoothing
             outside [0, 1], or a class index outside ``[0, C)`` that is not ``ignore_index``.
         TypeError: non-float logits or a target that is neither integer nor float.
 
@@ -253,8 +261,9 @@ def competing_ratio_loss(
         >>> loss.backward()
     """
     _check_alpha_beta(alpha, beta)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
+    _check_options(reduction, label_smoothing)
+    if weight is not None and not isinstance(weight, Tensor):
+        weight = torch.as_tensor(weight, dtype=torch.float32, device=logits.device)
     soft = _check_common(logits, target, reduction, weight)
     all_valid = False if soft else _check_range(target, logits.shape[1], ignore_index)
     if fused and not soft and label_smoothing == 0.0 and alpha > 0:

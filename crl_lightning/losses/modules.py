@@ -54,7 +54,8 @@ class CompetingRatioLoss(_WeightedCriterion):
         - output: scalar float32, or (N,) with ``reduction="none"``.
 
     Raises:
-        ValueError: ``alpha < 0`` or ``beta < 0`` (at construction), and bad inputs (at call).
+        ValueError: ``alpha`` or ``beta`` negative or not finite, an unknown ``reduction`` or
+            ``label_smoothing`` outside [0, 1] (at construction), and bad inputs (at call).
 
     Example:
         >>> criterion = CompetingRatioLoss(alpha=1.5, beta=1.0)
@@ -74,6 +75,7 @@ class CompetingRatioLoss(_WeightedCriterion):
     ) -> None:
         super().__init__(weight)
         LF._check_alpha_beta(alpha, beta)
+        LF._check_options(reduction, label_smoothing)
         self.alpha, self.beta = float(alpha), float(beta)
         self.ignore_index, self.reduction = ignore_index, reduction
         self.label_smoothing, self.fused = float(label_smoothing), fused
