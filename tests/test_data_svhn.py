@@ -117,3 +117,16 @@ def test_not_a_mat_file(tmp_path):
 def test_bad_split_name(tmp_path):
     with pytest.raises(ValueError, match="splits: expected"):
         SVHN(tmp_path, ["valid"])
+
+
+def test_failed_download_says_what_to_fetch(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "SVHN", offline)
+    with pytest.raises(FileNotFoundError, match=r"SVHN: the download failed \(URLError.*train_32x32\.mat by hand"):
+        SVHNDataModule(tmp_path, download=True).prepare_data()

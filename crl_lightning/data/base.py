@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ __all__ = [
     "ImageFileDataset",
     "TransformedSubset",
     "dataset_targets",
+    "explain_download_failure",
     "load_rgb_image",
     "skip_none_collate",
 ]
@@ -184,6 +186,26 @@ class ImageFileDataset(Dataset):
     def num_skipped(self) -> int:
         """Reads skipped so far under ``bad_images="skip"``, summed over all processes."""
         return int(self._skipped.sum())
+
+
+@contextmanager
+def explain_download_failure(name: str, url: str, data_dir: Path) -> Iterator[None]:
+    """Turn a failed download (any ``OSError``: no network, HTTP error) into a clear ``FileNotFoundError``.
+
+    Args:
+        name: dataset name for the message.
+        url: what to fetch by hand.
+        data_dir: where to put it.
+
+    Raises:
+        FileNotFoundError: the download inside the ``with`` block failed; the message says what to do.
+    """
+    try:
+        yield
+    except OSError as err:
+        raise FileNotFoundError(
+            f"{name}: the download failed ({type(err).__name__}: {err}); fetch {url} by hand and put it in {data_dir}"
+        ) from err
 
 
 class ImageDataModule(L.LightningDataModule):

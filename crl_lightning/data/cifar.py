@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import ImageDataModule
+from crl_lightning.data.base import ImageDataModule, explain_download_failure
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule"]
 
@@ -58,8 +58,9 @@ class CIFAR10DataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            self.dataset_cls(str(self.data_dir), train=True, download=True)
-            self.dataset_cls(str(self.data_dir), train=False, download=True)
+            with explain_download_failure(self.dataset_cls.__name__, self.url, self.data_dir):
+                self.dataset_cls(str(self.data_dir), train=True, download=True)
+                self.dataset_cls(str(self.data_dir), train=False, download=True)
 
     def build_dataset(self, split: str) -> Dataset:
         if split not in ("train", "test"):

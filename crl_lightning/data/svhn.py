@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import ImageDataModule
+from crl_lightning.data.base import ImageDataModule, explain_download_failure
 
 __all__ = ["SVHN", "SVHNDataModule", "SVHN_FILES", "read_svhn_mat"]
 
@@ -177,7 +177,8 @@ class SVHNDataModule(ImageDataModule):
 
             for name in self._splits("train") + self._splits("test"):
                 if not (self.data_dir / SVHN_FILES[name][0]).is_file():
-                    TorchvisionSVHN(str(self.data_dir), split=name, download=True)
+                    with explain_download_failure("SVHN", f"{SVHN_URL}{SVHN_FILES[name][0]}", self.data_dir):
+                        TorchvisionSVHN(str(self.data_dir), split=name, download=True)
 
     def build_dataset(self, split: str) -> Dataset:
         return SVHN(self.data_dir, self._splits(split))
