@@ -301,8 +301,6 @@ class ImageDataModule(L.LightningDataModule):
             self._setup_fit()
         if stage in ("test", "predict", None) and "test" not in self.datasets:
             self.datasets["test"] = TransformedSubset(self.build_dataset("test"), transform=self.transform("test"))
-        if stage == "validate" and "val" not in self.datasets:
-            self._setup_fit()
 
     def teardown(self, stage: str | None = None) -> None:
         skipped = self.num_skipped_images()

@@ -73,28 +73,41 @@ for _depth in (18, 34, 50, 101):
     )
 
 
-class _PreActBlock(nn.Module):
-    expansion = 1
+class _PreActUnit(nn.Module):
+    """Pre-activation residual unit: BN-ReLU before each conv; the shortcut taps the first BN-ReLU output.
 
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        out = planes * self.expansion
-        self.bn1, self.conv1 = nn.BatchNorm2d(in_planes), nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(planes), nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut = (
-            nn.Conv2d(in_planes, out, 1, stride, bias=False) if stride != 1 or in_planes != out else None
-        )
+    Subclasses build ``bn1``/``conv1`` and the convs named in ``later`` (applied after BN-ReLU), then
+    call `_build_shortcut`.
+    """
+
+    expansion = 1
+    later: tuple[tuple[str, str], ...] = ()
+
+    def _build_shortcut(self, in_planes: int, out: int, stride: int) -> None:
+        self.shortcut = nn.Conv2d(in_planes, out, 1, stride, bias=False) if stride != 1 or in_planes != out else None
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
-        out = self.conv2(torch.relu(self.bn2(out)))
+        for bn, conv in self.later:
+            out = getattr(self, conv)(torch.relu(getattr(self, bn)(out)))
         return out + shortcut
 
 
-class _PreActBottleneck(nn.Module):
+class _PreActBlock(_PreActUnit):
+    later = (("bn2", "conv2"),)
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(in_planes), nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(planes), nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self._build_shortcut(in_planes, planes * self.expansion, stride)
+
+
+class _PreActBottleneck(_PreActUnit):
     expansion = 4
+    later = (("bn2", "conv2"), ("bn3", "conv3"))
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -102,17 +115,7 @@ class _PreActBottleneck(nn.Module):
         self.bn1, self.conv1 = nn.BatchNorm2d(in_planes), nn.Conv2d(in_planes, planes, 1, bias=False)
         self.bn2, self.conv2 = nn.BatchNorm2d(planes), nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
         self.bn3, self.conv3 = nn.BatchNorm2d(planes), nn.Conv2d(planes, out, 1, bias=False)
-        self.shortcut = (
-            nn.Conv2d(in_planes, out, 1, stride, bias=False) if stride != 1 or in_planes != out else None
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(torch.relu(self.bn2(out)))
-        out = self.conv3(torch.relu(self.bn3(out)))
-        return out + shortcut
+        self._build_shortcut(in_planes, out, stride)
 
 
 class PreActResNet(nn.Module):
