@@ -81,9 +81,20 @@ def main(args: Sequence[str] | None = None) -> None:
 
 
 def console_main() -> None:
-    """The ``crl`` console script: `main`, with missing-data errors printed as one line, not a traceback."""
+    """The ``crl`` console script: `main`, with missing-data errors printed as one line, not a traceback.
+
+    Also shows this package's INFO log lines (e.g. dataset sizes, the one-time build of the CPU loss kernel)
+    on stderr, as Lightning shows its own.
+    """
+    import logging
     import sys
 
+    package_log = logging.getLogger("crl_lightning")
+    if not package_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package_log.addHandler(handler)
+        package_log.setLevel(logging.INFO)
     try:
         main()
     except FileNotFoundError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import pytest
 import torch
@@ -13,13 +14,27 @@ from crl_lightning.losses import (
     CompetingRatioLoss,
     FocalLoss,
     competing_ratio_loss,
+    cpu_kernel,
     create_criterion,
     focal_loss,
+    functional,
     list_criteria,
     poly1_cross_entropy,
     register_criterion,
 )
 from crl_lightning.losses.functional import ALPHA0_FLOOR
+
+
+@pytest.fixture(params=["kernel", "ops", "reference"])
+def fused(request, monkeypatch):
+    """The ``fused`` argument for each implementation: compiled CPU kernel, PyTorch-ops fused path, reference."""
+    if request.param == "ops":
+        monkeypatch.setattr(functional, "load_cpu_kernel", lambda: None)
+    elif request.param == "kernel" and cpu_kernel.load_cpu_kernel() is None:
+        if os.environ.get(cpu_kernel.ENV_VAR) == "0":
+            pytest.skip(f"{cpu_kernel.ENV_VAR}=0 disables the compiled CPU kernel")
+        pytest.fail("the fused CRL CPU kernel did not build (see the warning above)")
+    return request.param != "reference"
 
 
 def eq16_reference(logits, target, alpha, beta):
@@ -40,7 +55,6 @@ def closed_form_grad(logits, target, alpha, beta):
 GRID = list(itertools.product([0.5, 1.0, 1.5, 2.0], [0.0, 0.25, 1.0, 3.0], [2, 10, 100]))
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize(("alpha", "beta", "num_classes"), GRID)
 def test_crl_equals_eq16_float64_reference(alpha, beta, num_classes, fused):
     g = torch.Generator().manual_seed(num_classes)
@@ -51,7 +65,6 @@ def test_crl_equals_eq16_float64_reference(alpha, beta, num_classes, fused):
     torch.testing.assert_close(got.double(), eq16_reference(logits, target, alpha, beta), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize(("alpha", "beta", "num_classes"), GRID)
 def test_crl_gradient_equals_closed_form(alpha, beta, num_classes, fused):
     g = torch.Generator().manual_seed(7 + num_classes)
@@ -90,7 +103,6 @@ def test_crl_bounded_below_by_beta_log_alpha():
     assert loss.item() == pytest.approx(0.5 * math.log(2.0), abs=1e-6)
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize(
     "options",
@@ -124,7 +136,7 @@ def test_weight_as_a_list():
                                competing_ratio_loss(logits, target, weight=torch.tensor([1.0, 2.0, 3.0])))
 
 
-def test_weighted_ignore_index_hand_computed():
+def test_weighted_ignore_index_hand_computed(fused):
     """Three rows, one ignored; mean divides by the sum of the kept rows' class weights."""
     logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
     target = torch.tensor([0, -100, 2])
@@ -136,11 +148,10 @@ def test_weighted_ignore_index_hand_computed():
         return -math.log(p) + beta * math.log(alpha + 1 - p)
 
     r0, r2 = row([1.0, 0.0, 0.0], 0), row([0.0, 0.0, 3.0], 2)
-    for fused in (True, False):
-        got = competing_ratio_loss(logits, target, alpha, beta, weight=weight, fused=fused)
-        assert got.item() == pytest.approx((2.0 * r0 + 0.5 * r2) / 2.5, rel=1e-6)
-        none = competing_ratio_loss(logits, target, alpha, beta, weight=weight, reduction="none", fused=fused)
-        torch.testing.assert_close(none, torch.tensor([2.0 * r0, 0.0, 0.5 * r2]))
+    got = competing_ratio_loss(logits, target, alpha, beta, weight=weight, fused=fused)
+    assert got.item() == pytest.approx((2.0 * r0 + 0.5 * r2) / 2.5, rel=1e-6)
+    none = competing_ratio_loss(logits, target, alpha, beta, weight=weight, reduction="none", fused=fused)
+    torch.testing.assert_close(none, torch.tensor([2.0 * r0, 0.0, 0.5 * r2]))
 
 
 def test_label_smoothing_hand_computed():
@@ -167,7 +178,6 @@ def test_soft_targets_extension_formula():
                                competing_ratio_loss(logits, torch.tensor([2]), alpha, beta))
 
 
-@pytest.mark.parametrize("fused", [True, False])
 def test_all_ignored_batch_is_zero_with_zero_grad(fused):
     logits = torch.randn(4, 3, requires_grad=True)
     target = torch.full((4,), -100)
@@ -177,7 +187,7 @@ def test_all_ignored_batch_is_zero_with_zero_grad(fused):
     assert torch.equal(logits.grad, torch.zeros(4, 3))
 
 
-def test_fused_equals_reference_values_and_grads():
+def test_fused_equals_reference_values_and_grads(fused):
     g = torch.Generator().manual_seed(11)
     for alpha, beta, reduction, weighted in itertools.product([0.0, 0.5, 1.5], [0.0, 1.0, 2.5],
                                                               ["none", "mean", "sum"], [False, True]):
@@ -186,9 +196,9 @@ def test_fused_equals_reference_values_and_grads():
         target[3] = -100
         weight = torch.rand(7, generator=g) + 0.1 if weighted else None
         outs = []
-        for fused in (True, False):
+        for use_fused in (fused, False):
             z = logits.clone().requires_grad_()
-            loss = competing_ratio_loss(z, target, alpha, beta, weight=weight, reduction=reduction, fused=fused)
+            loss = competing_ratio_loss(z, target, alpha, beta, weight=weight, reduction=reduction, fused=use_fused)
             loss.sum().backward()
             outs.append((loss.detach(), z.grad))
         torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
@@ -201,7 +211,6 @@ OPTION_COMBOS = [
 ]
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("combo", OPTION_COMBOS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_gradcheck_float64_every_option(combo, fused):
     g = torch.Generator().manual_seed(5)
@@ -225,7 +234,6 @@ def test_gradcheck_float64_soft_targets():
     assert torch.autograd.gradcheck(lambda z: competing_ratio_loss(z, soft, 1.5, 1.0), (logits,))
 
 
-@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("scale", [1e2, 1e4, 1e6])
 def test_finite_for_huge_logits(scale, fused):
     logits = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.5]]) * scale
@@ -237,7 +245,6 @@ def test_finite_for_huge_logits(scale, fused):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("fused", [True, False])
 def test_half_precision_finite_where_naive_is_not(dtype, fused):
     logits = torch.tensor([[10.0, 0.0], [20.0, 0.0]], dtype=dtype)
     target = torch.tensor([0, 1])
@@ -408,11 +415,79 @@ def test_every_registered_criterion(name):
     torch.testing.assert_close(create_criterion(name)(logits.detach(), target), loss.detach())
 
 
-def test_second_order_gradients_match_reference():
-    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    t = torch.tensor([0, 1, 2, 0])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_second_order_gradients_match_reference(fused, reduction):
+    z = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 1, 2, -100, 0])
+    weight = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
     hessian_terms = []
-    for fused in (True, False):
-        (grad,) = torch.autograd.grad(competing_ratio_loss(z, t, fused=fused), z, create_graph=True)
+    for use_fused in (fused, False):
+        loss = competing_ratio_loss(z, t, weight=weight, reduction=reduction, fused=use_fused).sum()
+        (grad,) = torch.autograd.grad(loss, z, create_graph=True)
         hessian_terms.append(torch.autograd.grad(grad.pow(2).sum(), z)[0])
     torch.testing.assert_close(*hessian_terms)
+    kwargs = {"weight": weight, "reduction": reduction, "fused": fused}
+    assert torch.autograd.gradgradcheck(lambda x: competing_ratio_loss(x, t, 0.5, 1.5, **kwargs), (z,))
+
+
+# ----- fused CPU kernel -----------------------------------------------------------------------------
+def test_fused_default_on_cpu_uses_the_kernel(fused, request):
+    impl = request.node.callspec.params["fused"]
+    z = torch.randn(6, 4, requires_grad=True)
+    loss = competing_ratio_loss(z, torch.tensor([0, 1, 2, 3, 0, 1]), fused=fused)
+    assert ("FusedCRL" in loss.grad_fn.name()) == (impl == "kernel")
+
+
+def test_kernel_takes_any_layout_and_integer_dtype():
+    base = torch.randn(7, 5)
+    target = torch.tensor([0, 4, 2, 2, 1, 3, 0])
+    want = competing_ratio_loss(base, target, 0.5, 2.0, reduction="none", fused=False)
+    transposed = base.t().contiguous().t()  # same values, column-major
+    assert not transposed.is_contiguous()
+    for logits, t in [(transposed, target), (base, target.int()), (base, target.to(torch.uint8))]:
+        torch.testing.assert_close(competing_ratio_loss(logits, t, 0.5, 2.0, reduction="none"), want)
+
+
+def test_torch_func_grad_through_the_fused_path():
+    from torch.func import grad
+
+    z, t = torch.randn(5, 4), torch.tensor([0, 3, 1, 1, 2])
+    got = grad(lambda x: competing_ratio_loss(x, t))(z)
+    want = closed_form_grad(z, t, 1.5, 1.0) / 5
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def fresh_kernel_state(monkeypatch):
+    """Forget the loaded kernel for the duration of a test (the loaded one comes back afterwards)."""
+    monkeypatch.setattr(cpu_kernel, "_loaded", {})
+
+
+def test_kernel_build_failure_warns_once_and_falls_back(fresh_kernel_state, monkeypatch):
+    import torch.utils.cpp_extension
+
+    calls = []
+
+    def failing_load(**kwargs):
+        calls.append(kwargs["name"])
+        raise RuntimeError("Ninja is required to load C++ extensions\nmore detail")
+
+    monkeypatch.delenv(cpu_kernel.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", failing_load)
+    z, t = torch.randn(3, 4, requires_grad=True), torch.tensor([0, 1, 3])
+    with pytest.warns(UserWarning, match=r"could not build the fused CRL CPU kernel \(RuntimeError: Ninja is required"):
+        loss = competing_ratio_loss(z, t)
+    loss.backward()  # the PyTorch-ops path: same value
+    torch.testing.assert_close(loss, competing_ratio_loss(z.detach(), t, fused=False))
+    competing_ratio_loss(z, t)  # no second build attempt, no second warning
+    assert len(calls) == 1 and calls[0].startswith("crl_lightning_fused_crl_cpu_torch")
+
+
+def test_kernel_disabled_by_environment(fresh_kernel_state, monkeypatch):
+    import torch.utils.cpp_extension
+
+    monkeypatch.setenv(cpu_kernel.ENV_VAR, "0")
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kwargs: pytest.fail("must not build"))
+    assert cpu_kernel.load_cpu_kernel() is None
+    loss = competing_ratio_loss(torch.randn(2, 3, requires_grad=True), torch.tensor([0, 2]))
+    assert "FusedCRL" not in type(loss.grad_fn).__name__

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crl_lightning.losses.cpu_kernel import load_cpu_kernel
+
 __all__ = [
     "competing_ratio_loss",
     "focal_loss",
@@ -30,6 +32,8 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+_REAL = (int, float)
 #: Floor of ``1 - p_c`` when ``alpha == 0`` (the loss is unbounded below there). It equals the
 #: float32 machine epsilon, close to the authors' clamp of ``p`` to ``1 - 1e-7``.
 ALPHA0_FLOOR = float(torch.finfo(torch.float32).eps)
@@ -53,7 +57,7 @@ def _check_common(logits: Tensor, target: Tensor, reduction: str, weight: Tensor
                 f"target: soft targets must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}"
             )
         return True
-    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+    if target.dtype not in _INDEX_DTYPES:
         raise TypeError(f"target: expected class indices (integer dtype) or soft targets (float), got {target.dtype}")
     if target.shape != (n,):
         raise ValueError(f"target: expected class indices of shape ({n},), got {tuple(target.shape)}")
@@ -81,10 +85,10 @@ def _check_range(target: Tensor, num_classes: int, ignore_index: int) -> bool:
 
 
 def _check_alpha_beta(alpha: float, beta: float) -> None:
-    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+    if not (isinstance(alpha, _REAL) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha: expected a finite alpha >= 0 (paper default 1.5; 0 is the authors' alpha_0 runs), "
                          f"got {alpha!r}")
-    if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
+    if not (isinstance(beta, _REAL) and math.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta: expected a finite beta >= 0 (paper default 1.0; 0 gives cross-entropy), got {beta!r}")
 
 
@@ -112,11 +116,27 @@ def _reduce(loss: Tensor, denom: Tensor | float, reduction: str) -> Tensor:
     return total / denom
 
 
+def _cpu_kernel_for(logits: Tensor):
+    """The compiled CPU kernel module if it applies to ``logits`` and is available, else None.
+
+    It applies to plain eager CPU tensors. Traced code (``torch.compile``), tensor subclasses and ``torch.func``
+    transforms take the PyTorch-ops path, which those systems see through.
+    """
+    if (
+        type(logits) is not Tensor
+        or not logits.is_cpu
+        or torch.compiler.is_compiling()
+        or torch._C._functorch.is_functorch_wrapped_tensor(logits)
+    ):
+        return None
+    return load_cpu_kernel()
+
+
 def _crl_fused(
-    logits: Tensor, target: Tensor, alpha: float, beta: float, weight: Tensor | None, ignore_index: int,
+    x: Tensor, target: Tensor, alpha: float, beta: float, weight: Tensor | None, ignore_index: int,
     reduction: str, all_valid: bool,
 ) -> Tensor:
-    """Hard-target CRL for ``alpha > 0`` as a per-row function of PyTorch's cross-entropy.
+    """Hard-target CRL for ``alpha > 0`` as a per-row function of PyTorch's cross-entropy (PyTorch ops).
 
     With ``u = -log p_c`` from ``F.cross_entropy(..., reduction="none")`` and ``1 - p_c = -expm1(-u)``,
     ``CRL = g(u) = u + beta * log(alpha - expm1(-u))`` and ``g'(u) = 1 + beta * p_c / (alpha + 1 - p_c) = w``,
@@ -124,7 +144,6 @@ def _crl_fused(
     is computed once, by the cross-entropy kernel, which stores its (N, C) log-softmax as plain
     cross-entropy does; every other tensor is (N,)-sized. Higher-order gradients are exact.
     """
-    x = _compute_dtype(logits)
     nll = F.cross_entropy(x, target.long(), ignore_index=ignore_index, reduction="none")  # 0 for ignored rows
     loss = torch.add(nll, torch.rsub(torch.expm1(nll.neg()), alpha).log(), alpha=beta)
     if all_valid and weight is None:
@@ -227,12 +246,20 @@ def competing_ratio_loss(
           so ``1 - p_c`` is computed from the other classes' probability mass (exact when ``p_c``
           rounds to 1) and floored at `ALPHA0_FLOOR` (float32 eps, close to the authors' clamp).
 
-    Hard targets without label smoothing and ``alpha > 0`` use the fused path: CRL is a per-row
-    function of cross-entropy, ``g(u) = u + beta * log(alpha - expm1(-u))`` with ``u = -log p_c``, so
-    ``F.cross_entropy(..., reduction="none")`` (softmax computed once by its own kernel, storing what
-    cross-entropy stores) is followed by a few (N,)-sized ops whose chain rule multiplies the
-    cross-entropy gradient by the closed-form ``w``. Other cases, or ``fused=False``, use the reference:
-    plain autograd ops on the (N, C) log-softmax.
+    Hard targets without label smoothing and ``alpha > 0`` use a fused path that computes the softmax
+    once, stores what cross-entropy stores (the (N, C) log-softmax and the target) and gives the
+    closed-form gradient ``(p - onehot(c)) * w``, with exact higher-order gradients:
+
+        * eager CPU tensors: a compiled kernel (``csrc/fused_crl_cpu.cpp``, built on first use, see
+          `crl_lightning.losses.cpu_kernel`): ATen's log-softmax and log-softmax-backward kernels with
+          the per-row terms in one C++ loop, so CRL costs what ``F.cross_entropy`` costs;
+        * elsewhere (CUDA, ``torch.compile``, ``torch.func``, or if the kernel cannot be built):
+          PyTorch ops, as CRL is a per-row function of cross-entropy,
+          ``g(u) = u + beta * log(alpha - expm1(-u))`` with ``u = -log p_c``:
+          ``F.cross_entropy(..., reduction="none")`` followed by a few (N,)-sized ops whose chain rule
+          multiplies the cross-entropy gradient by ``w = g'(u)``.
+
+    Other cases, or ``fused=False``, use the reference: plain autograd ops on the (N, C) log-softmax.
 
     Args:
         logits: (N, C) float16/bfloat16/float32/float64 unnormalised scores.
@@ -244,7 +271,7 @@ def competing_ratio_loss(
         ignore_index: target value to ignore (hard targets only).
         reduction: ``"none"`` (per-sample, shape (N,)), ``"mean"`` or ``"sum"`` (scalars).
         label_smoothing: eps in ``[0, 1]``.
-        fused: use the cross-entropy-based fast path when the options allow it.
+        fused: use the fused path (above) when the options allow it; ``False`` forces the reference.
 
     Returns:
         float32 tensor (float64 for float64 logits): scalar, or (N,) with ``reduction="none"``.
@@ -265,9 +292,16 @@ def competing_ratio_loss(
     if weight is not None and not isinstance(weight, Tensor):
         weight = torch.as_tensor(weight, dtype=torch.float32, device=logits.device)
     soft = _check_common(logits, target, reduction, weight)
-    all_valid = False if soft else _check_range(target, logits.shape[1], ignore_index)
     if fused and not soft and label_smoothing == 0.0 and alpha > 0:
-        return _crl_fused(logits, target, float(alpha), float(beta), weight, ignore_index, reduction, all_valid)
+        kernel = _cpu_kernel_for(logits)
+        if kernel is not None:  # casts to the compute dtype and checks the target range itself
+            return kernel.fused_crl(logits, target, weight, float(alpha), float(beta), ignore_index,
+                                    _REDUCTIONS.index(reduction))
+        all_valid = _check_range(target, logits.shape[1], ignore_index)
+        return _crl_fused(_compute_dtype(logits), target, float(alpha), float(beta), weight, ignore_index,
+                          reduction, all_valid)
+    if not soft:
+        _check_range(target, logits.shape[1], ignore_index)
     return _crl_composite(logits, target, alpha, beta, weight, ignore_index, reduction, label_smoothing, soft)
 
 

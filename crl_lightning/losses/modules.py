@@ -46,7 +46,7 @@ class CompetingRatioLoss(_WeightedCriterion):
         ignore_index: target value to ignore.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         label_smoothing: eps in [0, 1].
-        fused: use the cross-entropy-based fast path where the options allow it.
+        fused: use the fused path where the options allow it (see `competing_ratio_loss`).
 
     Shape:
         - logits: (N, C), any float dtype.
