@@ -491,3 +491,66 @@ def test_kernel_disabled_by_environment(fresh_kernel_state, monkeypatch):
     assert cpu_kernel.load_cpu_kernel() is None
     loss = competing_ratio_loss(torch.randn(2, 3, requires_grad=True), torch.tensor([0, 2]))
     assert "FusedCRL" not in type(loss.grad_fn).__name__
+
+
+def test_forward_mode_ad_takes_the_ops_path():
+    import torch.autograd.forward_ad as fwAD
+
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    tangent = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 0])
+    jvps = []
+    for use_fused in (True, False):
+        with fwAD.dual_level():
+            jvps.append(fwAD.unpack_dual(competing_ratio_loss(fwAD.make_dual(x, tangent), t, fused=use_fused)).tangent)
+    torch.testing.assert_close(*jvps)
+    z = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: competing_ratio_loss(v, t), (z,), check_forward_ad=True)
+
+
+def test_jit_trace_records_the_computation():
+    g = torch.Generator().manual_seed(13)
+    traced = torch.jit.trace(lambda z, c: competing_ratio_loss(z, c), (torch.randn(16, 7), torch.randint(0, 7, (16,))),
+                             check_trace=False)
+    z, t = torch.randn(16, 7, generator=g), torch.randint(0, 7, (16,), generator=g)
+    torch.testing.assert_close(traced(z, t), competing_ratio_loss(z, t, fused=False))
+
+
+def test_per_sample_gradients_with_vmap():
+    from torch.func import grad, vmap
+
+    g = torch.Generator().manual_seed(14)
+    x, t = torch.randn(8, 5, generator=g), torch.randint(0, 5, (8,), generator=g)
+    got = vmap(grad(lambda z, c: competing_ratio_loss(z[None], c[None])))(x, t)
+    want = closed_form_grad(x, t, 1.5, 1.0)  # sum reduction over one row = that row's gradient
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_that_requires_grad_gets_its_gradient():
+    g = torch.Generator().manual_seed(15)
+    z, t = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 1, -100])
+    grads = []
+    for use_fused in (True, False):
+        w = torch.tensor([0.5, 1.0, 2.0, 1.5], requires_grad=True)
+        competing_ratio_loss(z, t, weight=w, fused=use_fused).backward()
+        grads.append(w.grad)
+    assert grads[0] is not None
+    torch.testing.assert_close(*grads)
+
+
+@pytest.mark.parametrize("bad", [-100.0, 2**63, "x"])
+def test_ignore_index_must_be_an_int64(bad):
+    with pytest.raises(TypeError, match=r"ignore_index: expected a 64-bit integer \(default -100\), got"):
+        competing_ratio_loss(torch.randn(2, 3), torch.tensor([0, 1]), ignore_index=bad)
+    with pytest.raises(TypeError, match="ignore_index"):
+        CompetingRatioLoss(ignore_index=bad)
+
+
+def test_build_failure_reason_is_the_line_that_says_what_failed():
+    err = RuntimeError("Error building extension 'x': [1/2] c++ -MMD -MF x.o.d -c x.cpp -o x.o\n"
+                       "FAILED: x.o\nc++ -MMD ...\n/bin/sh: 1: c++: not found\n"
+                       "ninja: build stopped: subcommand failed.")
+    assert cpu_kernel._failure_reason(err) == "/bin/sh: 1: c++: not found"
+    assert cpu_kernel._failure_reason(OSError("Read-only file system")) == "Read-only file system"
+    assert cpu_kernel._failure_reason(RuntimeError("")) == "RuntimeError"

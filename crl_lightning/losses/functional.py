@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -68,9 +69,10 @@ def _check_range(target: Tensor, num_classes: int, ignore_index: int) -> bool:
     """Raise if a (non-ignored) class index is outside ``[0, num_classes)``; return True when no row is ignored.
 
     Checked for CPU tensors in eager mode only: on an accelerator the check would force a host sync
-    every step, so there the indexing kernel's own bounds assert reports it (and False is returned).
+    every step, so there the indexing kernel's own bounds assert reports it (and False is returned); traced
+    or ``torch.func``-batched targets have no values to read.
     """
-    if target.device.type != "cpu" or torch.compiler.is_compiling() or target.numel() == 0:
+    if target.device.type != "cpu" or target.numel() == 0 or _is_traced(target, target):
         return False
     low, high = (int(v) for v in torch.aminmax(target))
     if 0 <= low and high < num_classes:  # fast path: one reduction
@@ -92,11 +94,13 @@ def _check_alpha_beta(alpha: float, beta: float) -> None:
         raise ValueError(f"beta: expected a finite beta >= 0 (paper default 1.0; 0 gives cross-entropy), got {beta!r}")
 
 
-def _check_options(reduction: str, label_smoothing: float) -> None:
+def _check_options(reduction: str, label_smoothing: float, ignore_index: int) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
+    if not isinstance(ignore_index, int) or not -(2**63) <= ignore_index < 2**63:
+        raise TypeError(f"ignore_index: expected a 64-bit integer (default -100), got {ignore_index!r}")
 
 
 def _compute_dtype(logits: Tensor) -> Tensor:
@@ -116,17 +120,29 @@ def _reduce(loss: Tensor, denom: Tensor | float, reduction: str) -> Tensor:
     return total / denom
 
 
-def _cpu_kernel_for(logits: Tensor):
-    """The compiled CPU kernel module if it applies to ``logits`` and is available, else None.
+def _is_traced(logits: Tensor, target: Tensor) -> bool:
+    """True inside ``torch.compile`` or ``torch.jit.trace``, or for ``torch.func``-transformed tensors."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._functorch.is_functorch_wrapped_tensor(logits)
+        or torch._C._functorch.is_functorch_wrapped_tensor(target)
+    )
 
-    It applies to plain eager CPU tensors. Traced code (``torch.compile``), tensor subclasses and ``torch.func``
-    transforms take the PyTorch-ops path, which those systems see through.
+
+def _cpu_kernel_for(logits: Tensor, target: Tensor, weight: Tensor | None):
+    """The compiled CPU kernel module if it applies to these inputs and is available, else None.
+
+    It applies to plain eager CPU tensors. Traced code (``torch.compile``, ``torch.jit.trace``), tensor
+    subclasses, ``torch.func`` transforms, forward-mode AD (dual tensors) and a ``weight`` that requires grad
+    take the PyTorch-ops path, which all of those see through.
     """
     if (
         type(logits) is not Tensor
         or not logits.is_cpu
-        or torch.compiler.is_compiling()
-        or torch._C._functorch.is_functorch_wrapped_tensor(logits)
+        or _is_traced(logits, target)
+        or fwAD._current_level >= 0  # inside forward-mode AD's dual_level(): dual tensors may come in
+        or (weight is not None and weight.requires_grad)
     ):
         return None
     return load_cpu_kernel()
@@ -253,8 +269,9 @@ def competing_ratio_loss(
         * eager CPU tensors: a compiled kernel (``csrc/fused_crl_cpu.cpp``, built on first use, see
           `crl_lightning.losses.cpu_kernel`): ATen's log-softmax and log-softmax-backward kernels with
           the per-row terms in one C++ loop, so CRL costs what ``F.cross_entropy`` costs;
-        * elsewhere (CUDA, ``torch.compile``, ``torch.func``, or if the kernel cannot be built):
-          PyTorch ops, as CRL is a per-row function of cross-entropy,
+        * elsewhere (CUDA, ``torch.compile``, ``torch.jit.trace``, ``torch.func``, forward-mode AD, a
+          ``weight`` that requires grad, or if the kernel cannot be built): PyTorch ops, as CRL is a
+          per-row function of cross-entropy,
           ``g(u) = u + beta * log(alpha - expm1(-u))`` with ``u = -log p_c``:
           ``F.cross_entropy(..., reduction="none")`` followed by a few (N,)-sized ops whose chain rule
           multiplies the cross-entropy gradient by ``w = g'(u)``.
@@ -279,7 +296,8 @@ def competing_ratio_loss(
     Raises:
         ValueError: bad shapes, ``alpha`` or ``beta`` negative or not finite, unknown reduction, label_smoothing
             outside [0, 1], or a class index outside ``[0, C)`` that is not ``ignore_index``.
-        TypeError: non-float logits or a target that is neither integer nor float.
+        TypeError: non-float logits, a target that is neither integer nor float, or a non-integer
+            ``ignore_index``.
 
     Example:
         >>> logits = torch.randn(8, 10, requires_grad=True)
@@ -288,12 +306,12 @@ def competing_ratio_loss(
         >>> loss.backward()
     """
     _check_alpha_beta(alpha, beta)
-    _check_options(reduction, label_smoothing)
+    _check_options(reduction, label_smoothing, ignore_index)
     if weight is not None and not isinstance(weight, Tensor):
         weight = torch.as_tensor(weight, dtype=torch.float32, device=logits.device)
     soft = _check_common(logits, target, reduction, weight)
     if fused and not soft and label_smoothing == 0.0 and alpha > 0:
-        kernel = _cpu_kernel_for(logits)
+        kernel = _cpu_kernel_for(logits, target, weight)
         if kernel is not None:  # casts to the compute dtype and checks the target range itself
             return kernel.fused_crl(logits, target, weight, float(alpha), float(beta), ignore_index,
                                     _REDUCTIONS.index(reduction))

@@ -56,6 +56,7 @@ class CompetingRatioLoss(_WeightedCriterion):
     Raises:
         ValueError: ``alpha`` or ``beta`` negative or not finite, an unknown ``reduction`` or
             ``label_smoothing`` outside [0, 1] (at construction), and bad inputs (at call).
+        TypeError: a non-integer ``ignore_index`` (at construction).
 
     Example:
         >>> criterion = CompetingRatioLoss(alpha=1.5, beta=1.0)
@@ -75,7 +76,7 @@ class CompetingRatioLoss(_WeightedCriterion):
     ) -> None:
         super().__init__(weight)
         LF._check_alpha_beta(alpha, beta)
-        LF._check_options(reduction, label_smoothing)
+        LF._check_options(reduction, label_smoothing, ignore_index)
         self.alpha, self.beta = float(alpha), float(beta)
         self.ignore_index, self.reduction = ignore_index, reduction
         self.label_smoothing, self.fused = float(label_smoothing), fused

@@ -34,6 +34,7 @@ struct FusedCRL : public torch::autograd::Function<FusedCRL> {
                              const std::optional<Tensor>& weight, double alpha, double beta, int64_t ignore_index,
                              int64_t reduction) {
     ctx->set_materialize_grads(false);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // this node records the history; skip autograd dispatch
     const Tensor logp = at::_log_softmax(logits.contiguous(), 1, false);
     const Tensor tgt = target.contiguous();
     const int64_t n = logp.size(0);
@@ -95,6 +96,7 @@ struct FusedCRL : public torch::autograd::Function<FusedCRL> {
     const Tensor& grad_logp_out = grads[1];
     Tensor grad_logp;
     if (!at::GradMode::is_enabled()) {  // first-order backward: one loop, then ATen's kernel
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       grad_logp = grad_logp_out.defined() ? grad_logp_out.contiguous().clone() : at::zeros_like(logp);
       if (grad_loss.defined()) {
         const Tensor g = grad_loss.contiguous();
@@ -146,8 +148,9 @@ struct FusedCRL : public torch::autograd::Function<FusedCRL> {
 Tensor fused_crl(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, double alpha,
                  double beta, int64_t ignore_index, int64_t reduction) {
   TORCH_CHECK(logits.device().is_cpu() && logits.dim() == 2, "fused_crl: expected (N, C) CPU logits");
-  const Tensor x = logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat);
-  const Tensor t = target.to(at::kLong);
+  const auto dtype = logits.scalar_type();
+  const Tensor x = (dtype == at::kFloat || dtype == at::kDouble) ? logits : logits.to(at::kFloat);
+  const Tensor t = target.scalar_type() == at::kLong ? target : target.to(at::kLong);
   std::optional<Tensor> w;
   if (weight.has_value()) {
     w = weight->to(x.scalar_type()).contiguous();
