@@ -72,7 +72,7 @@ def _check_range(target: Tensor, num_classes: int, ignore_index: int) -> bool:
     every step, so there the indexing kernel's own bounds assert reports it (and False is returned); traced
     or ``torch.func``-batched targets have no values to read.
     """
-    if target.device.type != "cpu" or target.numel() == 0 or _is_traced(target, target):
+    if target.device.type != "cpu" or target.numel() == 0 or _is_traced(target):
         return False
     low, high = (int(v) for v in torch.aminmax(target))
     if 0 <= low and high < num_classes:  # fast path: one reduction
@@ -120,13 +120,12 @@ def _reduce(loss: Tensor, denom: Tensor | float, reduction: str) -> Tensor:
     return total / denom
 
 
-def _is_traced(logits: Tensor, target: Tensor) -> bool:
-    """True inside ``torch.compile`` or ``torch.jit.trace``, or for ``torch.func``-transformed tensors."""
+def _is_traced(tensor: Tensor) -> bool:
+    """True inside ``torch.compile`` or ``torch.jit.trace``, or for a ``torch.func``-transformed tensor."""
     return (
         torch.compiler.is_compiling()
         or torch.jit.is_tracing()
-        or torch._C._functorch.is_functorch_wrapped_tensor(logits)
-        or torch._C._functorch.is_functorch_wrapped_tensor(target)
+        or torch._C._functorch.is_functorch_wrapped_tensor(tensor)
     )
 
 
@@ -140,7 +139,8 @@ def _cpu_kernel_for(logits: Tensor, target: Tensor, weight: Tensor | None):
     if (
         type(logits) is not Tensor
         or not logits.is_cpu
-        or _is_traced(logits, target)
+        or _is_traced(logits)
+        or torch._C._functorch.is_functorch_wrapped_tensor(target)
         or fwAD._current_level >= 0  # inside forward-mode AD's dual_level(): dual tensors may come in
         or (weight is not None and weight.requires_grad)
     ):
