@@ -1,4 +1,4 @@
-"""Run identity, the test report (``test_metrics.json`` + figures) and W&B run naming.
+"""Run identity, the per-epoch history, the test report (``test_metrics.json`` + figures) and W&B run naming.
 
 Nothing here imports ``wandb``: W&B is touched only through a `lightning.pytorch.loggers.WandbLogger`
 the user configured (e.g. with ``examples/configs/wandb.yaml``).
@@ -9,9 +9,11 @@ from __future__ import annotations
 import csv
 import datetime
 import inspect
+import io
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
+from crl_lightning.files import write_text_atomic
+
 __all__ = [
+    "HISTORY_FILENAME",
     "METRICS_FILENAME",
+    "History",
     "TestReport",
     "configure_wandb_loggers",
     "criterion_info",
@@ -33,6 +39,8 @@ __all__ = [
 
 #: Name of the machine-readable test metrics file that `TestReport` writes and ``crl compare`` reads.
 METRICS_FILENAME = "test_metrics.json"
+#: Name of the per-epoch history file that `History` writes (one row per training epoch).
+HISTORY_FILENAME = "history.csv"
 #: Version tag written into every metrics file (bumped when the layout changes incompatibly).
 METRICS_FORMAT = "crl_lightning.test_metrics/1"
 
@@ -188,6 +196,71 @@ def _class_names(trainer: L.Trainer, num_classes: int) -> list[str] | None:
     return None
 
 
+class History(L.Callback):
+    """Write ``history.csv`` into `run_dir`: one row per training epoch, for learning curves from any run.
+
+    Columns: ``epoch`` (1-based: the row is written when that epoch, its validation included, ends),
+    ``step`` (optimizer steps so far), ``lr`` (of the first parameter group, during the epoch),
+    ``epoch_time_s`` (wall seconds of the epoch, validation included), then every scalar epoch metric
+    logged so far, sorted by name: ``train_loss`` (from ``train_loss_epoch``), ``train_top1_err``,
+    ``val_loss``, ``val_top1_err``, ... (``_err``/``_acc`` in percent). Per-step values (``*_step``) are
+    left out. A metric that a row lacks is empty there.
+
+    The file is rewritten whole (atomically) after every epoch on global rank 0. The rows are also kept in
+    the checkpoint (`state_dict`), so a run resumed from a checkpoint continues its history, even in a new
+    run folder. Under ``fast_dev_run`` nothing is written. `ImageClassifier` adds this callback itself.
+    """
+
+    def __init__(self) -> None:
+        #: One dict per completed epoch (also restored from a checkpoint).
+        self.rows: list[dict[str, Any]] = []
+        #: Path of the file last written (``None`` before the first epoch ends).
+        self.last_path: Path | None = None
+        self._epoch_start = 0.0
+        self._lr: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.monotonic()
+        # read now: Lightning steps epoch-interval schedulers before `on_train_epoch_end`
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        row: dict[str, Any] = {
+            "epoch": trainer.current_epoch + 1,
+            "step": trainer.global_step,
+            "lr": self._lr,
+            "epoch_time_s": round(time.monotonic() - self._epoch_start, 3),
+        }
+        for name, value in sorted(trainer.callback_metrics.items()):
+            if name.endswith("_step") or not isinstance(value, Tensor) or value.numel() != 1:
+                continue
+            row[name.removesuffix("_epoch")] = float(value)
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            self.last_path = write_text_atomic(run_dir(trainer) / HISTORY_FILENAME, self.to_csv())
+
+    def to_csv(self) -> str:
+        """The rows as CSV text with a header (the columns of all rows, in the order documented above)."""
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [c for c in row if c not in columns]
+        fixed = ["epoch", "step", "lr", "epoch_time_s"]
+        columns = fixed + sorted(c for c in columns if c not in fixed)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return out.getvalue()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+
 class TestReport(L.Callback):
     """After each test, write the run's test metrics, confusion matrix and figures into `run_dir`.
 
@@ -234,8 +307,9 @@ class TestReport(L.Callback):
         files: dict[str, Any] = {}
         confusion = results.get("confusion_matrix")
         if confusion is not None:
-            with open(out / "confusion_matrix.csv", "w", newline="") as f:
-                csv.writer(f).writerows(confusion.tolist())
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows(confusion.tolist())
+            write_text_atomic(out / "confusion_matrix.csv", text.getvalue())
             files["confusion_matrix"] = "confusion_matrix.csv"
         class_names = _class_names(trainer, confusion.shape[0]) if confusion is not None else None
         if self.figures and results:
@@ -257,8 +331,8 @@ class TestReport(L.Callback):
             "files": files,
             "config": config,
         }
-        self.last_path = out / METRICS_FILENAME
-        self.last_path.write_text(json.dumps(_jsonable(record), indent=2, default=str) + "\n")
+        text = json.dumps(_jsonable(record), indent=2, default=str) + "\n"
+        self.last_path = write_text_atomic(out / METRICS_FILENAME, text)
 
     @staticmethod
     def _log_to_wandb(

@@ -50,7 +50,9 @@ class ImageClassifier(L.LightningModule):
     shards (so every process gets as many samples) are cut from the batches before loss and metrics,
     so each sample counts once; see `crl_lightning.metrics.unpadded_sample_count`.
 
-    With ``test_report=True`` the model adds a `crl_lightning.callbacks.TestReport` callback (unless the
+    The model adds a `crl_lightning.callbacks.History` callback (``history.csv``: one row of epoch metrics
+    per training epoch, in the run directory), and with ``test_report=True`` a
+    `crl_lightning.callbacks.TestReport` callback (unless the
     trainer already has one), which writes ``test_metrics.json``, ``confusion_matrix.csv`` and
     ``figures/*.png`` into the run directory after every test and reads as input for ``crl compare``.
 
@@ -296,13 +298,12 @@ class ImageClassifier(L.LightningModule):
         }
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """A `crl_lightning.callbacks.TestReport` when ``test_report`` and the trainer has none."""
-        if not self.hparams.get("test_report", True):
-            return []
-        from crl_lightning.callbacks import TestReport
+        """A `crl_lightning.callbacks.History`, and a `TestReport` when ``test_report``, unless the trainer has them."""
+        from crl_lightning.callbacks import History, TestReport
 
+        wanted = [History] + ([TestReport] if self.hparams.get("test_report", True) else [])
         existing = self._trainer.callbacks if self._trainer is not None else []
-        return [] if any(isinstance(cb, TestReport) for cb in existing) else [TestReport()]
+        return [cls() for cls in wanted if not any(isinstance(cb, cls) for cb in existing)]
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Softmax probabilities (N, C), float32."""

@@ -8,6 +8,7 @@ The DataModule's ``num_classes`` and ``in_chans`` are linked into the model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -44,11 +45,18 @@ class CRLCLI(LightningCLI):
 EXTRA_COMMANDS = {
     "cv": "crl_lightning.cv:main",
     "compare": "crl_lightning.compare:main",
+    "study": "crl_lightning.study:main",
 }
 
 
-def build_cli(args: Sequence[str] | None = None) -> CRLCLI:
-    """Parse ``args`` (default ``sys.argv[1:]``) and run the LightningCLI subcommand; return the CLI."""
+def build_cli(args: Sequence[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> CRLCLI:
+    """Parse ``args`` (default ``sys.argv[1:]``) and run the LightningCLI subcommand; return the CLI.
+
+    Args:
+        args: the command line without the program name, e.g. ``["fit", "--config", "c.yaml"]``.
+        trainer_defaults: LightningCLI's ``trainer_defaults``: Trainer defaults under the config's values,
+            and ``callbacks`` added to every trainer (e.g. ``crl study``'s pairing fingerprint).
+    """
     return CRLCLI(
         ImageClassifier,
         ImageDataModule,
@@ -56,9 +64,11 @@ def build_cli(args: Sequence[str] | None = None) -> CRLCLI:
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
         parser_kwargs={"description": "Train and evaluate image classifiers with the Competing Ratio Loss. "
-                       "Also: `crl cv --help` (k-fold cross-validation) and `crl compare --help` (results table)."},
+                       "Also: `crl study --help` (criteria x seeds, paired tests), `crl cv --help` (k-fold "
+                       "cross-validation) and `crl compare --help` (results table)."},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        trainer_defaults=trainer_defaults,
     )
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "confusion_matrix_figure",
+    "learning_curves",
     "reliability_diagram",
     "save_figure",
     "save_test_figures",
@@ -198,6 +199,50 @@ def confusion_matrix_figure(
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title + f" ({int(counts.sum())} samples)")
+    return fig
+
+
+def learning_curves(
+    curves: dict[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
+    ylabel: str = "validation top-1 error (%)",
+    title: str = "Validation error per epoch",
+) -> Figure:
+    """One thin line per run and a bold mean line per group (criterion), as the paper's Fig. 3.
+
+    The mean of a group is taken at the epochs that all its runs reached.
+
+    Args:
+        curves: group label -> runs, each ``(epochs, values)`` of equal length (e.g. from ``history.csv``).
+        ylabel: y-axis label, with its unit.
+        title: figure title.
+
+    Returns:
+        The figure (not saved; see `save_figure`).
+
+    Raises:
+        ValueError: a run whose epochs and values differ in length.
+    """
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    colors = [f"C{i}" for i in range(10)]
+    for k, (label, runs) in enumerate(curves.items()):
+        color = colors[k % len(colors)]
+        by_epoch: dict[float, list[float]] = {}
+        for epochs, values in runs:
+            if len(epochs) != len(values):
+                raise ValueError(f"curves[{label!r}]: expected as many values as epochs, got {len(values)} "
+                                 f"and {len(epochs)}")
+            ax.plot(epochs, values, color=color, linewidth=0.7, alpha=0.45)
+            for e, v in zip(epochs, values, strict=True):
+                by_epoch.setdefault(e, []).append(v)
+        common = sorted(e for e, vs in by_epoch.items() if len(vs) == len(runs))
+        means = [sum(by_epoch[e]) / len(by_epoch[e]) for e in common]
+        ax.plot(common, means, color=color, linewidth=2.5, label=f"{label} (mean of {len(runs)} runs)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
     return fig
 
 

@@ -184,3 +184,32 @@ def write_imagenet(root: Path, train_per_class: int = 3, val_per_class: int = 2,
     if flat_val:
         (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows[::-1]) + "\n")
     return out
+
+
+# ----- ImageFolder trees --------------------------------------------------------------------------
+#: Class folders in a deliberately unsorted creation order; sorted (torchvision's order) they are
+#: ["Zebra", "apple", "mango"] (upper case sorts first).
+FOLDER_CLASSES = ("mango", "Zebra", "apple")
+
+
+def write_image_folder(root: Path, counts: dict[str, int] | None = None, size: tuple[int, int] = (8, 8),
+                       fmt: str = "PNG") -> dict[str, list[tuple[str, str, np.ndarray]]]:
+    """``<root>/<split>/<class>/<i>.png`` for the `FOLDER_CLASSES`; ``counts``: images per class per split.
+
+    Default ``{"train": 10, "test": 4}``. Pixels are random (seeded by split, class and index); PNG is
+    lossless, so the returned arrays are exactly what a decoder reads. Returns
+    ``{split: [(path, class, (H, W, 3) uint8 array)]}``.
+    """
+    counts = counts or {"train": 10, "test": 4}
+    out: dict[str, list[tuple[str, str, np.ndarray]]] = {}
+    for s, (split, n) in enumerate(counts.items()):
+        out[split] = []
+        for c, name in enumerate(FOLDER_CLASSES):
+            for i in range(n):
+                rng = np.random.default_rng(10_000 * s + 100 * c + i)
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                path = root / split / name / f"{i:03d}.{fmt.lower()}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path, format=fmt)
+                out[split].append((str(path), name, pixels))
+    return out

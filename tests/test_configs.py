@@ -88,6 +88,13 @@ def _imagenet(root: Path, monkeypatch) -> list[str]:
             "--data.init_args.num_classes", str(len(SYNSETS)), "--model.init_args.top_k", "[1]"]
 
 
+def _image_folder(root: Path, monkeypatch) -> list[str]:
+    from data_fixtures import write_image_folder
+
+    write_image_folder(root, {"train": 30, "test": 2}, size=(32, 32))  # val_split 0.04: >= 1 per class
+    return ["--data.init_args.data_dir", str(root), "--data.init_args.train_per_class", "3"]
+
+
 #: data class_path -> fn(root, monkeypatch) writing fixture files under root and returning CLI overrides.
 #: Inputs are reduced to 32x32 where the paper used 224 (CUB, Adience, ImageNet); the networks are the real ones.
 FIXTURES: dict[str, Callable[[Path, pytest.MonkeyPatch], list[str]]] = {
@@ -98,6 +105,7 @@ FIXTURES: dict[str, Callable[[Path, pytest.MonkeyPatch], list[str]]] = {
     "crl_lightning.data.CUB200DataModule": _cub,
     "crl_lightning.data.AdienceDataModule": _adience,
     "crl_lightning.data.ImageNetDataModule": _imagenet,
+    "crl_lightning.data.ImageFolderDataModule": _image_folder,
 }
 
 #: The paper's schedule per data class (Sec. IV-A-2): epochs, lr milestones (x0.1 each), batch size.
@@ -111,6 +119,20 @@ SCHEDULES = {
     "crl_lightning.data.ImageNetDataModule": (90, [30, 60], 256),
     "crl_lightning.data.DigitsDataModule": (30, [15, 22], 64),
 }
+#: The real-data study configs (not paper experiments): their own short schedules, by config file name.
+STUDY_SCHEDULES = {
+    "cifar10_jpeg_cpu.yaml": (15, [7, 11], 128),
+    "cifar10_jpeg_gpu.yaml": (8, [4, 6], 256),
+}
+#: Overrides that let a GPU config run its fast_dev_run on this CPU-only test machine.
+CPU_OVERRIDES = {
+    "cifar10_jpeg_gpu.yaml": ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+                              "--model.init_args.compile", "false", "--data.init_args.pin_memory", "false"],
+}
+
+
+def _schedule(path: Path) -> tuple[int, list[int], int]:
+    return STUDY_SCHEDULES.get(path.name) or SCHEDULES[_load(path)["data"]["class_path"]]
 
 #: Exact parameter counts of the networks (see tests/test_models.py for their sources), by (backbone, C).
 PARAMS = {
@@ -165,7 +187,7 @@ def test_inventory_covers_the_paper_tables():
 def test_every_data_class_has_a_fixture(path):
     data = _load(path)["data"]["class_path"]
     assert data in FIXTURES, f"{_id(path)}: no fixture writer for {data}; add one to FIXTURES in {__file__}"
-    assert data in SCHEDULES, f"{_id(path)}: no paper schedule for {data} in SCHEDULES"
+    assert data in SCHEDULES or path.name in STUDY_SCHEDULES, f"{_id(path)}: no schedule for {data} in SCHEDULES"
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=_id)
@@ -179,7 +201,7 @@ def test_every_experiment_is_documented_in_examples_readme(path):
 def test_experiment_print_config_has_the_paper_schedule(path, capsys):
     cfg = print_config(["--config", str(path)], capsys)
     model, data, trainer = cfg["model"]["init_args"], cfg["data"], cfg["trainer"]
-    epochs, milestones, batch = SCHEDULES[data["class_path"]]
+    epochs, milestones, batch = _schedule(path)
     assert trainer["max_epochs"] == epochs
     assert data["init_args"]["batch_size"] == batch
     assert model["optimizer"]["class_path"] == "torch.optim.SGD"
@@ -264,7 +286,8 @@ def test_experiment_fast_dev_run_on_fixture_data(path, tmp_path, monkeypatch):
         pytest.fail(f"no fixture writer for {data}")
     data_args = FIXTURES[data](tmp_path / "data", monkeypatch)
     # test_after_fit runs once per config family below (the CIFAR-10 ResNet-34 one); here fit only.
-    cli = build_cli(["fit", "--config", str(path), *data_args, *fast_args(tmp_path), "--test_after_fit", "false"])
+    cli = build_cli(["fit", "--config", str(path), *data_args, *fast_args(tmp_path), "--test_after_fit", "false",
+                     *CPU_OVERRIDES.get(path.name, [])])
     model, trainer = cli.model, cli.trainer
     hp = model.hparams
     assert hp.num_classes == cli.datamodule.num_classes and hp.in_chans == cli.datamodule.in_chans
@@ -275,7 +298,7 @@ def test_experiment_fast_dev_run_on_fixture_data(path, tmp_path, monkeypatch):
     assert (model.criterion.alpha, model.criterion.beta) == (1.5, 1.0)
     group = trainer.optimizers[0].param_groups[0]
     assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 1e-4)
-    assert trainer.lr_scheduler_configs[0].scheduler.milestones == Counter(SCHEDULES[data][1])
+    assert trainer.lr_scheduler_configs[0].scheduler.milestones == Counter(_schedule(path)[1])
     assert trainer.global_step == 1
     metrics = trainer.callback_metrics
     assert math.isfinite(float(metrics["train_loss"])) and float(metrics["train_loss"]) >= 0

@@ -6,13 +6,20 @@ from crl_lightning.data.base import (
     ImageDataModule,
     ImageFileDataModule,
     ImageFileDataset,
+    TensorImageDataset,
     TransformedSubset,
 )
 from crl_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from crl_lightning.data.cub import CUB2011, CUB200DataModule
 from crl_lightning.data.digits import DigitsDataModule
+from crl_lightning.data.folder import ImageFolderDataModule
 from crl_lightning.data.imagenet import ImageNetDataModule
-from crl_lightning.data.splits import check_subject_exclusive, subject_kfold, subject_train_val_split
+from crl_lightning.data.splits import (
+    check_subject_exclusive,
+    class_balanced_subset,
+    subject_kfold,
+    subject_train_val_split,
+)
 from crl_lightning.data.svhn import SVHN, SVHNDataModule
 
 __all__ = [
@@ -28,10 +35,13 @@ __all__ = [
     "ImageDataModule",
     "ImageFileDataModule",
     "ImageFileDataset",
+    "ImageFolderDataModule",
     "ImageNetDataModule",
     "SVHNDataModule",
+    "TensorImageDataset",
     "TransformedSubset",
     "check_subject_exclusive",
+    "class_balanced_subset",
     "subject_kfold",
     "subject_train_val_split",
 ]

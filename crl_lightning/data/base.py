@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 from sklearn.model_selection import train_test_split
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from crl_lightning.data import transforms as T
+from crl_lightning.data.batch_transforms import normalize, random_crop_flip
 
 __all__ = [
     "BadImagePolicy",
@@ -23,7 +25,9 @@ __all__ = [
     "ImageDataModule",
     "ImageFileDataModule",
     "ImageFileDataset",
+    "TensorImageDataset",
     "TransformedSubset",
+    "collate_batched",
     "dataset_targets",
     "explain_download_failure",
     "load_rgb_image",
@@ -66,6 +70,17 @@ class TransformedSubset(Dataset):
         targets = dataset_targets(self.dataset)
         return None if targets is None else [int(targets[i]) for i in self.indices]
 
+    @property
+    def batched(self) -> bool:
+        """True when a batch is fetched as one tensor slice (no per-image transform, a `TensorImageDataset`)."""
+        return self.transform is None and isinstance(self.dataset, TensorImageDataset)
+
+    def __getitems__(self, positions: list[int]) -> Any:
+        """A DataLoader batch: ``(images, targets)`` tensors when `batched`, else the list of samples."""
+        if self.batched:
+            return self.dataset.__getitems__([self.indices[i] for i in positions])
+        return [self[i] for i in positions]
+
 
 def dataset_targets(dataset: Dataset) -> Sequence[int] | None:
     """The integer class of every sample, from a ``targets`` (torchvision) or ``labels`` (SVHN) attribute."""
@@ -107,6 +122,11 @@ def load_rgb_image(path: str | Path) -> Image.Image:
             f"cannot decode image {path} ({type(err).__name__}: {err}); the file is truncated or corrupt: "
             "replace it, or pass bad_images='skip' (--data.bad_images skip) to skip and count such files"
         ) from err
+
+
+def collate_batched(batch: Any) -> Any:
+    """``collate_fn`` for datasets whose ``__getitems__`` returns the batch already stacked (a tuple of tensors)."""
+    return batch if isinstance(batch, tuple) else default_collate(batch)
 
 
 def skip_none_collate(batch: list[Any]) -> Any:
@@ -188,6 +208,47 @@ class ImageFileDataset(Dataset):
         return int(self._skipped.sum())
 
 
+class TensorImageDataset(Dataset):
+    """Images held in memory as one uint8 (N, C, H, W) tensor, with integer targets.
+
+    ``dataset[i]`` is ``(images[i], targets[i])``: a uint8 (C, H, W) tensor (a view, not a copy) and an int,
+    which torchvision's v2 transforms take as they take a PIL image.
+
+    Args:
+        images: (N, C, H, W) uint8 tensor.
+        targets: N integer classes.
+        paths: the file each image was decoded from, if any (kept for reports and predictions).
+        num_skipped: unreadable files left out when the tensor was built (``bad_images="skip"``).
+
+    Raises:
+        ValueError: ``images`` is not a 4-D uint8 tensor, or ``targets`` has another length.
+    """
+
+    def __init__(
+        self, images: Tensor, targets: Sequence[int], paths: Sequence[str] | None = None, num_skipped: int = 0
+    ) -> None:
+        if images.ndim != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"images: expected a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        if len(targets) != images.shape[0]:
+            raise ValueError(f"targets: expected one per image ({images.shape[0]}), got {len(targets)}")
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self._target_tensor = torch.tensor(self.targets, dtype=torch.long)
+        self.paths = None if paths is None else [str(p) for p in paths]
+        self.num_skipped = num_skipped
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        """A whole batch as one slice: uint8 (B, C, H, W) images and int64 (B,) targets (see `collate_batched`)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self._target_tensor[index]
+
+
 @contextmanager
 def explain_download_failure(name: str, url: str, data_dir: Path) -> Iterator[None]:
     """Turn a failed download (any ``OSError``: no network, HTTP error) into a clear ``FileNotFoundError``.
@@ -225,6 +286,10 @@ class ImageDataModule(L.LightningDataModule):
         persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
         seed: seed of the train/val split.
         val_split: fraction in ``[0, 1)`` of the training split held out for validation.
+        augment_on_device: for in-memory uint8 data (`TensorImageDataset`): no per-image transform; the
+            loaders yield uint8 batches, and `on_after_batch_transfer` augments whole training batches
+            on the device they were moved to (`batch_augment`, e.g. the CIFAR crop + flip) and normalises
+            every batch with ``stats`` (`crl_lightning.data.batch_transforms`).
 
     Raises:
         ValueError: ``batch_size < 1``, ``num_workers < 0``, or ``val_split`` outside ``[0, 1)``.
@@ -234,6 +299,8 @@ class ImageDataModule(L.LightningDataModule):
     in_chans: int = 3
     #: True when the dataset ships its own validation split (then ``val_split`` is unused).
     has_val_split: bool = False
+    #: Per-channel (mean, std) of the [0, 1] pixels, used by the on-device normalisation.
+    stats: T.Stats | None = None
 
     def __init__(
         self,
@@ -244,6 +311,7 @@ class ImageDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         val_split: float = 0.0,
+        augment_on_device: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -257,6 +325,7 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed, self.val_split = seed, val_split
+        self.augment_on_device = augment_on_device
         self.datasets: dict[str, Dataset] = {}
 
     # ----- extension points -------------------------------------------------------------------
@@ -277,8 +346,32 @@ class ImageDataModule(L.LightningDataModule):
         return None
 
     def transform(self, split: str) -> Callable | None:
-        """The transform that ``split`` gets: `train_transform` for train, `eval_transform` otherwise."""
+        """The per-image transform of ``split``: `train_transform` for train, `eval_transform` otherwise.
+
+        ``None`` with ``augment_on_device`` (the batches are augmented and normalised on the device).
+        """
+        if self.augment_on_device:
+            return None
         return self.train_transform() if split == "train" else self.eval_transform()
+
+    def batch_augment(self) -> tuple[int, bool] | None:
+        """``(padding, flip)`` of the on-device training augmentation (`batch_transforms.random_crop_flip`).
+
+        ``None`` (the default): training batches are only normalised, as the datasets without augmentation.
+        """
+        return None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``augment_on_device``: crop + flip training batches (`batch_augment`), normalise every batch."""
+        if not self.augment_on_device:
+            return batch
+        if self.stats is None:
+            raise RuntimeError(f"{type(self).__name__}: augment_on_device needs the normalisation stats; call setup()")
+        images, rest = batch[0], list(batch[1:])
+        augment = self.batch_augment()
+        if augment is not None and self.trainer is not None and self.trainer.training:
+            images = random_crop_flip(images, *augment)
+        return [normalize(images, *self.stats), *rest]
 
     def collate_fn(self) -> Callable | None:
         """``collate_fn`` of every DataLoader; ``None`` (torch's default) unless overridden.
@@ -343,7 +436,7 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            collate_fn=self.collate_fn(),
+            collate_fn=collate_batched if getattr(dataset, "batched", False) else self.collate_fn(),
         )
 
     def train_dataloader(self) -> DataLoader:

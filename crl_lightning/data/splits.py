@@ -1,4 +1,7 @@
-"""Subject-exclusive (grouped) splits: k-fold cross-validation and train/val splits by group id.
+"""Seeded splits: class-balanced subsets, and subject-exclusive (grouped) k-fold and train/val splits.
+
+`class_balanced_subset` draws the same number of samples from every class (a smaller training set
+that keeps the class balance, e.g. for a CPU study).
 
 A *group* is whatever must not straddle two splits: the person photographed (Adience ``user_id``),
 a patient, a recording session. All functions take one group id and one integer class per sample,
@@ -16,9 +19,43 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-__all__ = ["check_subject_exclusive", "subject_kfold", "subject_train_val_split"]
+__all__ = ["check_subject_exclusive", "class_balanced_subset", "subject_kfold", "subject_train_val_split"]
 
 log = logging.getLogger(__name__)
+
+
+def class_balanced_subset(
+    targets: Sequence[int], per_class: int, seed: int, indices: Sequence[int] | None = None
+) -> list[int]:
+    """A seeded subset with exactly ``per_class`` samples of every class, drawn without replacement.
+
+    Args:
+        targets: the integer class of every sample of the full dataset.
+        per_class: samples to keep per class, ``>= 1``.
+        seed: seed of the draw (numpy ``default_rng``); the same seed gives the same subset.
+        indices: the positions to draw from (e.g. what a validation split left); ``None``: all.
+
+    Returns:
+        The chosen positions (into ``targets``), sorted.
+
+    Raises:
+        ValueError: ``per_class < 1``, or a class present among ``indices`` has fewer than ``per_class``
+            samples there (the message names the class and its count).
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class: expected >= 1, got {per_class}")
+    pool = np.arange(len(targets)) if indices is None else np.asarray(indices, dtype=np.int64)
+    labels = np.asarray(targets)[pool]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in np.unique(labels):
+        members = pool[labels == cls]
+        if len(members) < per_class:
+            raise ValueError(
+                f"train_per_class: expected at least {per_class} samples of class {int(cls)}, got {len(members)}"
+            )
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return sorted(np.concatenate(chosen).tolist())
 
 
 def _check_inputs(targets: Sequence[int], groups: Sequence[Hashable], n_splits: int, what: str) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["create_criterion", "list_criteria", "register_criterion"]
+__all__ = ["create_criterion", "criterion_class", "list_criteria", "register_criterion"]
 
 _CRITERIA: dict[str, Callable[..., nn.Module]] = {}
 
@@ -39,6 +39,17 @@ def list_criteria() -> list[str]:
     return sorted(_CRITERIA)
 
 
+def criterion_class(name: str) -> Callable[..., nn.Module]:
+    """The class registered under ``name``.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    if name not in _CRITERIA:
+        raise KeyError(f"unknown criterion {name!r}; expected one of {list_criteria()}")
+    return _CRITERIA[name]
+
+
 def create_criterion(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate a registered criterion; ``None``-valued kwargs are dropped (the class default applies).
 
@@ -52,6 +63,4 @@ def create_criterion(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         KeyError: unknown name (the message lists the known ones).
     """
-    if name not in _CRITERIA:
-        raise KeyError(f"unknown criterion {name!r}; expected one of {list_criteria()}")
-    return _CRITERIA[name](**{k: v for k, v in kwargs.items() if v is not None})
+    return criterion_class(name)(**{k: v for k, v in kwargs.items() if v is not None})

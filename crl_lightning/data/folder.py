@@ -1,0 +1,336 @@
+"""`ImageFolderDataModule`: any ``root/{train,[val],test}/<class>/<image>`` tree (torchvision's ImageFolder layout)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
+
+from crl_lightning.data import transforms as T
+from crl_lightning.data.base import (
+    BadImagePolicy,
+    CorruptImageError,
+    ImageDataModule,
+    ImageFileDataset,
+    TensorImageDataset,
+    TransformedSubset,
+    skip_none_collate,
+)
+from crl_lightning.data.splits import class_balanced_subset
+
+__all__ = ["ImageFolderDataModule", "Preset", "channel_stats", "decode_to_tensor", "list_image_folder"]
+
+log = logging.getLogger(__name__)
+
+#: Transform presets of `ImageFolderDataModule`.
+Preset = Literal["cifar", "imagenet"]
+
+
+def list_image_folder(
+    folder: str | Path, classes: Sequence[str] | None = None
+) -> tuple[list[str], list[int], list[str]]:
+    """Image paths, class indices and class names of a ``<folder>/<class>/<image>`` tree.
+
+    Classes are the sorted sub-folder names (torchvision's `find_classes`), files are listed by torchvision's
+    `make_dataset` (extensions `torchvision.datasets.folder.IMG_EXTENSIONS`, sorted, sub-folders followed).
+
+    Args:
+        folder: the split folder, e.g. ``root/train``.
+        classes: the expected class folders (those of the train split); ``None`` takes the folder's own.
+
+    Returns:
+        ``(paths, targets, classes)``: targets index into ``classes``.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist, has no class folder, or a class folder has no image.
+        ValueError: the class folders differ from ``classes`` (the message lists the differences).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"ImageFolder: expected the folder {folder} (<class>/<image> inside), found none")
+    try:
+        found, _ = find_classes(str(folder))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"ImageFolder: expected class sub-folders in {folder}, got none") from err
+    if classes is not None and list(found) != list(classes):
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        raise ValueError(
+            f"ImageFolder: {folder}: expected the class folders of the train split ({len(classes)}), got "
+            f"{len(found)}; missing {missing[:5]}, not in train {extra[:5]}"
+        )
+    class_to_idx = {name: i for i, name in enumerate(found)}
+    try:
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"ImageFolder: {folder}: {err}") from err
+    return [p for p, _ in samples], [t for _, t in samples], list(found)
+
+
+#: Decoded splits of this process, so that the runs of one ``crl study`` decode each split once.
+_DECODED: dict[tuple, tuple[torch.Tensor, list[int], int]] = {}
+_DECODED_MAX = 4
+
+
+def _decode_all(dataset: ImageFileDataset) -> tuple[torch.Tensor, list[int], int]:
+    """(uint8 (M, 3, H, W) images, positions of the M readable files, number skipped) of every file; cached."""
+    key = (type(dataset).__qualname__, tuple(dataset.paths), dataset.bad_images)
+    if key in _DECODED:
+        return _DECODED[key]
+    images: list[np.ndarray] = []
+    kept: list[int] = []
+    for i in range(len(dataset)):
+        try:
+            image = np.asarray(dataset.load_image(i))
+        except CorruptImageError as err:
+            if dataset.bad_images == "raise":
+                raise
+            log.warning("skipped unreadable image %s (%s; bad_images='skip')", dataset.paths[i], err.__cause__)
+            continue
+        if images and image.shape != images[0].shape:
+            first = dataset.paths[kept[0]]
+            raise ValueError(
+                f"in_memory: expected every image to have one size, got {images[0].shape[1]}x{images[0].shape[0]} "
+                f"({first}) and {image.shape[1]}x{image.shape[0]} ({dataset.paths[i]}); set in_memory: false"
+            )
+        images.append(image)
+        kept.append(i)
+    if not images:
+        raise ValueError(f"in_memory: expected at least one readable image, got none of {len(dataset)}")
+    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    while len(_DECODED) >= _DECODED_MAX:
+        _DECODED.pop(next(iter(_DECODED)))
+    _DECODED[key] = (tensor, kept, len(dataset) - len(kept))
+    return _DECODED[key]
+
+
+def decode_to_tensor(dataset: ImageFileDataset, indices: Sequence[int] | None = None) -> TensorImageDataset:
+    """The images of ``dataset`` (at ``indices``) as one uint8 (N, 3, H, W) tensor, decoded once per process.
+
+    Every file of ``dataset`` is decoded (with its ``load_image``, so to RGB) the first time, and kept for
+    later calls with the same files (the last few splits), so the runs of a study decode once. Unreadable
+    files follow the dataset's ``bad_images`` policy: ``"raise"`` raises `CorruptImageError` naming the
+    file; ``"skip"`` leaves the sample out, logs it and counts it in ``num_skipped``.
+
+    Args:
+        dataset: image files with targets.
+        indices: positions to keep (all when ``None``).
+
+    Returns:
+        The images and targets of the kept samples, in order, with the ``paths`` of their files.
+
+    Raises:
+        ValueError: the images differ in size (an in-memory tensor needs one size); the message names two files.
+        CorruptImageError: an unreadable file under ``bad_images="raise"``.
+    """
+    images, kept, skipped = _decode_all(dataset)
+    row_of = {position: row for row, position in enumerate(kept)}
+    wanted = range(len(dataset)) if indices is None else indices
+    positions = [i for i in wanted if i in row_of]
+    rows = torch.tensor([row_of[i] for i in positions], dtype=torch.long)
+    return TensorImageDataset(images[rows], [dataset.targets[i] for i in positions],
+                              [dataset.paths[i] for i in positions], len(wanted) - len(positions))
+
+
+def channel_stats(dataset: Dataset) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std of the pixels of ``dataset``, scaled to [0, 1].
+
+    Args:
+        dataset: ``(image, target)`` samples; an image is a PIL image or a uint8 (C, H, W) tensor
+            (`TensorImageDataset` is read as one tensor).
+
+    Returns:
+        ``(mean, std)``, one float per channel, fractions of the full 0-255 range.
+    """
+    if isinstance(dataset, TensorImageDataset):
+        batches = [dataset.images]
+    else:
+        samples = (dataset[i] for i in range(len(dataset)))
+        batches = (v2.functional.to_image(s[0])[None] for s in samples if s is not None)
+    total = total_sq = None
+    count = 0
+    for batch in batches:
+        x = batch.to(torch.float64).div_(255.0)
+        s, sq = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Any image-classification tree ``data_dir/{train,[val],test}/<class>/<image>`` (torchvision ImageFolder).
+
+    The class index is the position of the folder name in the sorted class folders of ``train/``
+    (torchvision's `find_classes`); ``val/`` and ``test/`` must hold the same class folders. Without a
+    ``val/`` folder, ``val_split`` of the training images are held out for validation (stratified by class,
+    seeded by ``seed``), or, with ``val_split: 0``, validation runs on ``test/``. Archives are not read:
+    extract them first (``tar xzf cifar10_jpeg.tar.gz -C DATA``).
+
+    Transform presets:
+        * ``cifar``: training images get a random crop of ``image_size`` with 4 pixels of zero padding and
+          a horizontal flip (paper Sec. IV-A-2); evaluation images are only normalised. ``image_size``
+          defaults to the images' native size (images of another size are resized to it first).
+        * ``imagenet``: RandomResizedCrop ``image_size`` + flip for training, a short-side resize to
+          ``round(image_size * 8 / 7)`` and a centre crop for evaluation; ``image_size`` defaults to 224.
+
+    Normalisation uses ``mean``/``std`` when given, else the per-channel statistics of the training
+    images actually used (after ``val_split`` and ``train_per_class``), computed once at setup and logged.
+
+    Args:
+        data_dir: the root holding ``train/`` and ``test/`` (and optionally ``val/``).
+        preset: ``"cifar"`` or ``"imagenet"`` (see above).
+        image_size: side of the square network input, pixels (default: see the presets).
+        mean: per-channel mean of the [0, 1]-scaled pixels (3 values), or ``None`` to compute it.
+        std: per-channel std (3 values), or ``None`` to compute it; give both or neither.
+        train_per_class: keep this many training images of every class (a seeded, class-balanced
+            subset drawn after the validation split); ``None`` keeps all.
+        in_memory: decode the images once into a uint8 (N, 3, H, W) tensor (all images must share one
+            size; 60,000 32x32 images take 184 MB) instead of reading files every epoch.
+        augment_on_device: with ``in_memory`` and the ``cifar`` preset at native size: no per-image
+            transform; uint8 batches are cropped, flipped and normalised as whole batches on the device
+            they are moved to (`crl_lightning.data.batch_transforms`; same distribution as the per-image
+            pipeline).
+        bad_images: ``"raise"`` (default) or ``"skip"`` undecodable files (skips are counted and logged).
+        batch_size: samples per batch, per process.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory.
+        persistent_workers: keep workers alive between epochs.
+        seed: seed of the validation split and of the ``train_per_class`` subset.
+        val_split: fraction of ``train/`` held out for validation when there is no ``val/`` folder.
+
+    Raises:
+        FileNotFoundError: ``data_dir/train`` is missing or has no class folder (at construction: the class
+            count is needed to build the model), or ``test/`` is missing (at setup).
+        ValueError: bad options, class folders that differ between splits, a class with fewer than
+            ``train_per_class`` training images, or images of several sizes with ``in_memory``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path = "data",
+        preset: Preset = "cifar",
+        image_size: int | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        train_per_class: int | None = None,
+        in_memory: bool = False,
+        bad_images: BadImagePolicy = "raise",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        val_split: float = 0.0,
+        augment_on_device: bool = False,
+    ) -> None:
+        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
+                         augment_on_device)
+        if augment_on_device and not (in_memory and preset == "cifar" and image_size is None):
+            raise ValueError(
+                "augment_on_device: expected in_memory: true, preset: cifar and no image_size (native size), got "
+                f"in_memory={in_memory}, preset={preset!r}, image_size={image_size}"
+            )
+        if preset not in ("cifar", "imagenet"):
+            raise ValueError(f"preset: expected 'cifar' or 'imagenet', got {preset!r}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size: expected >= 1 pixels, got {image_size}")
+        if (mean is None) != (std is None):
+            raise ValueError(f"mean/std: expected both or neither, got mean={mean}, std={std}")
+        for name, values in (("mean", mean), ("std", std)):
+            if values is not None and len(values) != 3:
+                raise ValueError(f"{name}: expected 3 per-channel values (RGB), got {values}")
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"std: expected positive values, got {std}")
+        if train_per_class is not None and train_per_class < 1:
+            raise ValueError(f"train_per_class: expected >= 1 (or null for all), got {train_per_class}")
+        if bad_images not in ("raise", "skip"):
+            raise ValueError(f"bad_images: expected 'raise' or 'skip', got {bad_images!r}")
+        self.preset, self.image_size, self.train_per_class = preset, image_size, train_per_class
+        self.in_memory, self.bad_images = in_memory, bad_images
+        self.stats: T.Stats | None = None if mean is None else (tuple(mean), tuple(std))
+        _, _, self.classes = list_image_folder(self.data_dir / "train")
+        self.num_classes = len(self.classes)
+        self.has_val_split = (self.data_dir / "val").is_dir()
+
+    # ----- data ---------------------------------------------------------------------------------
+    def build_dataset(self, split: str) -> ImageFileDataset:
+        """The image files of ``split`` (``"train"``, ``"test"``, or ``"val"`` when ``val/`` exists)."""
+        if split not in ("train", "test", "val"):
+            raise ValueError(f"split: expected 'train', 'val' or 'test', got {split!r}")
+        paths, targets, _ = list_image_folder(self.data_dir / split, self.classes)
+        return ImageFileDataset(paths, targets, self.bad_images)
+
+    def _view(self, split: str, dataset: ImageFileDataset, indices: Sequence[int] | None) -> TransformedSubset:
+        """The ``split`` samples at ``indices`` of ``dataset``, decoded into memory when ``in_memory``."""
+        if self.in_memory:
+            dataset, indices = decode_to_tensor(dataset, indices), None
+            log.info("%s: decoded %d %s images into memory (%s uint8, %.1f MB)", type(self).__name__,
+                     len(dataset), split, tuple(dataset.images.shape), dataset.images.numel() / 1e6)
+        return TransformedSubset(dataset, indices)
+
+    def _setup_fit(self) -> None:
+        train = self.build_dataset("train")
+        train_idx = list(range(len(train)))
+        if self.has_val_split:
+            val = self._view("val", self.build_dataset("val"), None)
+        elif self.val_split > 0:
+            train_idx, val_idx = self.split_indices(train)
+            val = self._view("val", train, val_idx)
+        else:
+            val = self._view("val", self.build_dataset("test"), None)
+            self.datasets["test"] = val
+        if self.train_per_class is not None:
+            train_idx = class_balanced_subset(train.targets, self.train_per_class, self.seed, train_idx)
+        self.datasets["train"] = self._view("train", train, train_idx)
+        self.datasets["val"] = val
+        self._set_transforms()
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", "validate", None) and "train" not in self.datasets:
+            self._setup_fit()
+        if stage in ("test", "predict", None) and "test" not in self.datasets:
+            if self.stats is None and "train" not in self.datasets:
+                self._setup_fit()  # the normalisation comes from the training images
+            if "test" not in self.datasets:
+                self.datasets["test"] = self._view("test", self.build_dataset("test"), None)
+            self._set_transforms()
+
+    def _set_transforms(self) -> None:
+        if self.stats is None:
+            mean, std = channel_stats(self.datasets["train"])
+            self.stats = (tuple(mean), tuple(std))
+            log.info("%s: normalisation from the %d training images: mean %s, std %s", type(self).__name__,
+                     len(self.datasets["train"]), [round(m, 4) for m in mean], [round(s, 4) for s in std])
+        for split, dataset in self.datasets.items():
+            dataset.transform = self.transform(split)
+
+    def collate_fn(self) -> Callable | None:
+        return skip_none_collate if self.bad_images == "skip" and not self.in_memory else None
+
+    def batch_augment(self) -> tuple[int, bool] | None:
+        return (4, True) if self.preset == "cifar" else None
+
+    # ----- transforms ---------------------------------------------------------------------------
+    def train_transform(self) -> Callable:
+        if self.preset == "imagenet":
+            return T.imagenet_train(self.image_size or 224, self.stats)
+        if self.image_size is None:  # native size: that of the training images
+            train = self.datasets["train"]
+            native = v2.functional.to_image(train.dataset[train.indices[0]][0]).shape[-1]
+            return T.cifar_train(self.stats, int(native))
+        return v2.Compose([v2.Resize((self.image_size, self.image_size)), T.cifar_train(self.stats, self.image_size)])
+
+    def eval_transform(self) -> Callable:
+        if self.preset == "imagenet":
+            return T.imagenet_eval(self.image_size or 224, stats=self.stats)
+        if self.image_size is None:
+            return T.to_normalized_tensor(self.stats)
+        return v2.Compose([v2.Resize((self.image_size, self.image_size)), T.to_normalized_tensor(self.stats)])

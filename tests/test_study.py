@@ -1,0 +1,225 @@
+"""``crl study`` (paired runs, resumability, report) and the statistics it prints; ``history.csv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crl_lightning.cli import main
+from crl_lightning.statistics import paired_comparison, summarize
+from crl_lightning.study import criterion_arguments, parse_seeds
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")
+QUICK = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"]
+
+
+# ----- statistics ---------------------------------------------------------------------------------
+def test_paired_comparison_against_hand_computed_values():
+    base = [1.0, 2.0, 3.0, 4.0, 5.0]
+    other = [1.5, 1.9, 3.6, 4.2, 5.3]  # differences 0.5, -0.1, 0.6, 0.2, 0.3
+    c = paired_comparison(base, other)
+    sd = math.sqrt(0.075)  # sum of squared deviations from 0.3 is 0.30, over n - 1 = 4
+    assert c["n"] == 5 and c["mean_diff"] == pytest.approx(0.3) and c["std_diff"] == pytest.approx(sd)
+    assert c["t"] == pytest.approx(0.3 / (sd / math.sqrt(5)))  # 2.4495
+    assert c["t_pvalue"] == pytest.approx(0.07048, abs=5e-5)  # two-sided, 4 degrees of freedom
+    half = 2.7764451 * sd / math.sqrt(5)  # t_{0.975, 4}
+    assert (c["ci_low"], c["ci_high"]) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+    # Wilcoxon: ranks of |d| 1..5, negative rank sum 1; P(W <= 1) = 2/32 one-sided, 0.125 two-sided
+    assert c["wilcoxon_pvalue"] == pytest.approx(0.125)
+    assert (c["lower"], c["higher"], c["ties"]) == (1, 4, 0)
+
+
+def test_paired_comparison_edge_cases():
+    same = paired_comparison([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert (same["t_pvalue"], same["wilcoxon_pvalue"], same["ties"]) == (1.0, 1.0, 3)
+    one = paired_comparison([1.0], [2.0])
+    assert one["mean_diff"] == 1.0 and one["ci_low"] is None and one["t_pvalue"] is None
+    shifted = paired_comparison([1.0, 2.0], [2.0, 3.0])  # constant difference: t undefined
+    assert shifted["t_pvalue"] is None and shifted["std_diff"] == 0.0
+    with pytest.raises(ValueError, match=r"expected one value per base value \(2\), got 1"):
+        paired_comparison([1.0, 2.0], [1.0])
+    assert summarize([1.0, 2.0, 4.0]) == {"n": 3, "mean": pytest.approx(7 / 3), "std": pytest.approx(math.sqrt(7 / 3))}
+    assert summarize([5.0]) == {"n": 1, "mean": 5.0, "std": None}
+
+
+def test_parse_seeds_and_criteria():
+    assert parse_seeds(["0-4"]) == [0, 1, 2, 3, 4]
+    assert parse_seeds(["3", "0-1,7"]) == [3, 0, 1, 7]
+    for bad, message in ((["4-2"], "increasing range"), (["1", "0-2"], r"distinct seeds, got \[1\]"),
+                         (["a"], "integers or ranges")):
+        with pytest.raises(ValueError, match=message):
+            parse_seeds(bad)
+    label, args = criterion_arguments("ce")
+    assert label == "ce" and args[0] == "--model.init_args.criterion"
+    assert json.loads(args[1])["class_path"] == "crl_lightning.losses.modules.CrossEntropyLoss"
+    crl = json.loads(criterion_arguments("crl")[1][1])
+    assert (crl["init_args"]["alpha"], crl["init_args"]["beta"]) == (1.5, 1.0)
+    focal = str(ROOT / "examples" / "configs" / "overlays" / "focal.yaml")
+    assert criterion_arguments(focal) == ("focal", ["--config", focal])
+    with pytest.raises(ValueError, match=r"expected a registry name \[.*\] or a .yaml overlay, got 'crll'"):
+        criterion_arguments("crll")
+
+
+# ----- the study, end to end on digits ------------------------------------------------------------
+def _initial_weights_digest(seed: int) -> str:
+    import lightning as L
+
+    from crl_lightning import ImageClassifier
+    from crl_lightning.study import _digest
+
+    L.seed_everything(seed, verbose=False)
+    model = ImageClassifier("preact_resnet20", num_classes=10, in_chans=1)
+    return _digest([t for t in model.state_dict().values() if t.is_floating_point()])
+
+
+@pytest.fixture(scope="module")
+def digits_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    main(["study", "--config", DIGITS, "--criteria", "ce", "crl", "--seeds", "0-1", "--out", str(out), *QUICK])
+    return out
+
+
+def test_study_writes_its_files_and_is_paired(digits_study, capsys):
+    out = digits_study
+    study = json.loads((out / "study.json").read_text())
+    assert study["criteria"] == ["ce", "crl"] and study["seeds"] == [0, 1]
+    assert [(r["criterion"], r["seed"]) for r in study["runs"]] == [("ce", 0), ("crl", 0), ("ce", 1), ("crl", 1)]
+    for r in study["runs"]:
+        metrics = json.loads(Path(r["files"]["test_metrics"]).read_text())["metrics"]
+        assert r["metrics"] == metrics and 0 <= metrics["test_top1_err"] < 90  # 3 steps already beat chance
+        assert Path(r["files"]["test_metrics"]).is_relative_to(out / r["criterion"] / f"seed_{r['seed']}")
+    prints = {(r["criterion"], r["seed"]): r["fingerprint"] for r in study["runs"]}
+    assert prints[("ce", 0)] == prints[("crl", 0)] and prints[("ce", 1)] == prints[("crl", 1)]
+    assert prints[("ce", 0)]["weights"] != prints[("ce", 1)]["weights"]
+    assert prints[("ce", 0)]["weights"] == _initial_weights_digest(0)  # the fingerprint is the seed's init
+    assert study["pairing"]["ok"] is True
+    summary = study["summary"]["crl"]["test_top1_err"]
+    values = [r["metrics"]["test_top1_err"] for r in study["runs"] if r["criterion"] == "crl"]
+    assert summary["n"] == 2 and summary["mean"] == pytest.approx(sum(values) / 2)
+    paired = study["paired"]["crl"]["test_top1_err"]
+    diffs = [b["metrics"]["test_top1_err"] - a["metrics"]["test_top1_err"]
+             for a, b in zip(study["runs"][::2], study["runs"][1::2], strict=True)]
+    assert paired["mean_diff"] == pytest.approx(sum(diffs) / 2)
+    md = (out / "study.md").read_text()
+    assert "| crl | test top-1 error (%) | 2 |" in md and "same initial weights" in md
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "curves.png").shape[2] in (3, 4)
+    rows = list(csv.DictReader(open(study["runs"][0]["files"]["history"])))
+    assert [row["epoch"] for row in rows] == ["1"] and float(rows[0]["val_top1_err"]) < 90
+
+
+def test_second_invocation_skips_finished_runs(digits_study, monkeypatch):
+    import crl_lightning.cli
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(crl_lightning.cli, "build_cli", no_training)
+    before = (digits_study / "study.json").read_text()
+    main(["study", "--config", DIGITS, "--criteria", "ce", "crl", "--seeds", "0-1", "--out", str(digits_study), *QUICK])
+    after = json.loads((digits_study / "study.json").read_text())
+    assert [r["metrics"] for r in after["runs"]] == [r["metrics"] for r in json.loads(before)["runs"]]
+
+
+def test_changed_arguments_are_refused(digits_study):
+    with pytest.raises(ValueError, match="expected a run with the arguments"):
+        main(["study", "--config", DIGITS, "--criteria", "ce", "--seeds", "0", "--out", str(digits_study),
+              "--trainer.max_epochs", "2"])
+
+
+def test_interrupted_runs_are_redone_or_resumed(tmp_path):
+    args = ["study", "--config", DIGITS, "--criteria", "ce", "--seeds", "0", "--out", str(tmp_path), *QUICK]
+    main(args)
+    run = tmp_path / "ce" / "seed_0"
+    record = json.loads((run / "run.json").read_text())
+    # killed after its checkpoint: resumed from it (fit has nothing left to do, the test runs again)
+    ckpt = next(run.rglob("*.ckpt"))
+    shutil.copy(ckpt, ckpt.with_name("last.ckpt"))  # as ModelCheckpoint(save_last=True) leaves it
+    (run / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    (tmp_path / "study.json").unlink()
+    main(args)
+    resumed = json.loads((run / "run.json").read_text())
+    assert resumed["status"] == "done" and resumed["resumed_from"] == str(ckpt.with_name("last.ckpt"))
+    assert resumed["metrics"]["test_top1_err"] == pytest.approx(record["metrics"]["test_top1_err"])
+    # killed before any checkpoint, with a half-written metrics file: redone from scratch
+    for path in run.rglob("*.ckpt"):
+        path.unlink()
+    metrics_file = Path(resumed["files"]["test_metrics"])
+    metrics_file.write_text(metrics_file.read_text()[:40])
+    (run / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    main(args)
+    redone = json.loads((run / "run.json").read_text())
+    assert redone["status"] == "done" and redone["resumed_from"] is None
+    assert redone["metrics"] == record["metrics"]  # deterministic digits run, same seed
+    assert len(list(run.rglob("test_metrics.json"))) == 1  # the interrupted run's folder was cleared
+
+
+def test_a_foreign_folder_is_not_deleted(tmp_path):
+    (tmp_path / "ce" / "seed_0").mkdir(parents=True)
+    keep = tmp_path / "ce" / "seed_0" / "notes.txt"
+    keep.write_text("mine")
+    with pytest.raises(ValueError, match="without one; use another --out"):
+        main(["study", "--config", DIGITS, "--criteria", "ce", "--seeds", "0", "--out", str(tmp_path), *QUICK])
+    assert keep.read_text() == "mine"
+
+
+# ----- history.csv ----------------------------------------------------------------------------------
+def test_history_has_one_row_per_epoch_and_survives_a_resume(tmp_path):
+    common = ["fit", "--config", DIGITS, "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar",
+              "false", "--test_after_fit", "false", "--model.init_args.lr_scheduler.init_args.milestones", "[1, 2]"]
+    main([*common, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path / "a")])
+    first = next((tmp_path / "a").rglob("history.csv"))
+    rows = list(csv.DictReader(open(first)))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and [r["step"] for r in rows] == ["2", "4"]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.01])
+    assert list(rows[0])[:4] == ["epoch", "step", "lr", "epoch_time_s"]
+    assert {"train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err"} <= set(rows[0])
+    ckpt = next((tmp_path / "a").rglob("*.ckpt"))
+    main([*common, "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(tmp_path / "b"),
+          "--ckpt_path", str(ckpt)])
+    resumed = list(csv.DictReader(open(next((tmp_path / "b").rglob("history.csv")))))
+    assert [r["epoch"] for r in resumed] == ["1", "2", "3"] and resumed[:2] == rows[:2]
+    assert float(resumed[2]["lr"]) == pytest.approx(0.001)
+
+
+# ----- the GPU study script, at toy size on the CPU -------------------------------------------------
+def test_gpu_study_script_runs_at_toy_size_on_the_cpu(tmp_path):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    from data_fixtures import write_image_folder
+
+    write_image_folder(tmp_path / "src" / "cifar10_jpeg", {"train": 4, "test": 2}, size=(32, 32), fmt="JPEG")
+    tarball = tmp_path / "cifar10_jpeg.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10_jpeg", arcname="cifar10_jpeg")
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    env = {**os.environ, "SEEDS": "0-1", "PYTHON": sys.executable}
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "gpu_study.sh"), str(tarball), str(out), "--trainer.accelerator", "cpu",
+         "--trainer.precision", "32-true", "--model.init_args.compile", "false", "--trainer.max_epochs", "1",
+         "--data.init_args.pin_memory", "false", "--data.init_args.batch_size", "4"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = json.loads((out / "study.json").read_text())
+    assert study["criteria"] == ["ce", "crl"] and study["seeds"] == [0, 1] and study["pairing"]["ok"]
+    assert all(r["epochs"] == 1 and r["metrics"]["test_top1_err"] <= 100 for r in study["runs"])
+    assert "whole study" in result.stdout and (out / "curves.png").is_file()
+    assert hashlib.sha256(tarball.read_bytes()).hexdigest() == digest  # the input is not modified
+    bad = subprocess.run([str(ROOT / "scripts" / "gpu_study.sh"), str(tmp_path / "missing.tar.gz")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "usage:" in bad.stderr and "missing.tar.gz" in bad.stderr
