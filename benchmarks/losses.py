@@ -16,9 +16,11 @@ batch 256: a conservative, i.e. short, step).
 
 Modes: on the CPU the losses run eagerly (``--compile`` adds ``torch.compile``, which needs a C++ compiler
 and compiles every shape anew: minutes on a small CPU; the CPU memory tracker does not see the buffers of
-compiled code, so no memory is given there); on CUDA, when ``torch.cuda.is_available()``, eagerly and under
-``torch.compile`` (CE compiled against CRL compiled). Nothing touches CUDA otherwise: the PyTorch profiler
-is not used, as on a CUDA build without a GPU it prints a CUDA error line (``gpuGetDeviceCount failed``).
+compiled code, so no memory is given there; on a CUDA build without a GPU, TorchInductor's import logs
+torch's own "No CUDA runtime is found" warning, harmless for CPU code); on CUDA, when
+``torch.cuda.is_available()``, eagerly and under ``torch.compile`` (CE compiled against CRL compiled).
+Nothing touches CUDA otherwise: the PyTorch profiler is not used, as on a CUDA build without a GPU it
+prints a CUDA error line (``gpuGetDeviceCount failed``).
 
 Method: CE and CRL calls are interleaved (one of each per round), so that load from other processes
 affects both alike, and their order alternates every round (a fixed order measured up to 15 % apart here:
@@ -180,7 +182,8 @@ def measure(shape: tuple[int, ...], device: torch.device, compiled: bool, runs: 
 
 def run(device: torch.device, compiled: bool, runs: int, repeats: int) -> dict[int, float]:
     """Print the table of one device and mode; return the extra time per call at C = 10 and 100."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{threads} thread{'s' * (threads > 1)}"
     mode = "torch.compile" if compiled else "eager"
     print(f"\n## {device.type} ({name}), {mode}: forward+backward, float32, median of {runs} interleaved runs "
           f"after warm-up, {repeats} repeats, torch {torch.__version__}\n")
@@ -227,7 +230,7 @@ def main() -> None:
         if torch.cuda.is_available():
             plans += [(torch.device("cuda"), False), (torch.device("cuda"), True)]
         else:
-            print("\nNo CUDA device: CPU only.")
+            print("\ntorch.cuda.is_available() is False: no CUDA tables.")
     for device, compiled in plans:
         extra_small = run(device, compiled, args.runs, args.repeats)
         if compiled:
