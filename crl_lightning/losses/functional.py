@@ -15,8 +15,8 @@ so CRL is cross-entropy re-weighted per sample by ``w`` in ``[1, 1 + beta / alph
 ``j != c``; the correct factor is ``(1 + ...)``. This module implements the true gradient.
 
 Every criterion here takes ``F.cross_entropy``'s shapes: logits (N, C) or (N, C, d1, ..., dk) (segmentation
-maps, sequences), a hard target (N) or (N, d1, ..., dk), and works along dim 1 without moving the class
-dimension or copying the logits; ``reduction="none"`` returns (N, d1, ..., dk).
+maps, sequences), a hard target (N) or (N, d1, ..., dk), and works along dim 1, without moving the class
+dimension or reshaping the logits; ``reduction="none"`` returns (N, d1, ..., dk).
 """
 
 from __future__ import annotations
