@@ -93,8 +93,7 @@ def main(args: Sequence[str] | None = None) -> None:
 def console_main() -> None:
     """The ``crl`` console script: `main`, with missing-data errors printed as one line, not a traceback.
 
-    Also shows this package's INFO log lines (e.g. dataset sizes, the one-time build of the CPU loss kernel)
-    on stderr, as Lightning shows its own.
+    Also shows this package's INFO log lines (e.g. dataset sizes) on stderr, as Lightning shows its own.
     """
     import logging
     import sys

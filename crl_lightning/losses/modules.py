@@ -35,9 +35,10 @@ class _WeightedCriterion(nn.Module):
 class CompetingRatioLoss(_WeightedCriterion):
     r"""Competing Ratio Loss, paper Eq. 16: ``CE(z, c) + beta * log(alpha + 1 - p_c)``.
 
-    See `crl_lightning.losses.functional.competing_ratio_loss` for the options, the stable float32
-    computation and the true gradient ``(p - onehot(c)) * (1 + beta * p_c / (alpha + 1 - p_c))``
-    (the paper's Eq. 17 has a sign error).
+    A drop-in for ``nn.CrossEntropyLoss`` (same shapes and options). See
+    `crl_lightning.losses.functional.competing_ratio_loss` for the options, the stable float32 computation
+    and the true gradient ``(p - onehot(c)) * (1 + beta * p_c / (alpha + 1 - p_c))`` (the paper's Eq. 17
+    has a sign error).
 
     Args:
         alpha: ``>= 0``, paper default 1.5 (Table I sweeps 1, 1.5, 2).
@@ -46,22 +47,37 @@ class CompetingRatioLoss(_WeightedCriterion):
         ignore_index: target value to ignore.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         label_smoothing: eps in [0, 1].
-        fused: use the fused path where the options allow it (see `competing_ratio_loss`).
+        fused: use the fused path where the options allow it (see `competing_ratio_loss`); ``False``
+            selects the reference implementation.
 
     Shape:
-        - logits: (N, C), any float dtype.
-        - target: (N,) integer class indices, or (N, C) probabilities.
-        - output: scalar float32, or (N,) with ``reduction="none"``.
+        - logits: (N, C) or (N, C, d1, ..., dk), e.g. (N, C, H, W) for segmentation; any float dtype.
+        - target: (N) or (N, d1, ..., dk) integer class indices, or probabilities of the logits' shape.
+        - output: scalar float32 (float64 for float64 logits), or the target's shape (N, d1, ..., dk)
+          with ``reduction="none"``.
 
     Raises:
         ValueError: ``alpha`` or ``beta`` negative or not finite, an unknown ``reduction`` or
             ``label_smoothing`` outside [0, 1] (at construction), and bad inputs (at call).
         TypeError: a non-integer ``ignore_index`` (at construction).
 
-    Example:
+    Examples:
         >>> criterion = CompetingRatioLoss(alpha=1.5, beta=1.0)
-        >>> logits = torch.randn(4, 10, requires_grad=True)
-        >>> criterion(logits, torch.tensor([0, 3, 9, 1])).backward()
+        >>> logits = torch.zeros(4, 10, requires_grad=True)
+        >>> loss = criterion(logits, torch.tensor([0, 3, 9, 1]))
+        >>> round(loss.item(), 4)  # p_c = 1/10: log 10 + log(1.5 + 0.9)
+        3.1781
+        >>> loss.backward()
+
+        Segmentation, (N, C, H, W) logits and (N, H, W) masks; void pixels (255) get no gradient:
+
+        >>> criterion = CompetingRatioLoss(ignore_index=255)
+        >>> logits = torch.zeros(2, 21, 8, 8, requires_grad=True)
+        >>> mask = torch.full((2, 8, 8), 255)
+        >>> mask[:, 2:6, 2:6] = 7
+        >>> criterion(logits, mask).backward()
+        >>> logits.grad[:, :, 0, 0].abs().sum().item(), logits.grad[:, :, 3, 3].abs().sum().item() > 0
+        (0.0, True)
     """
 
     def __init__(
@@ -102,7 +118,8 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         label_smoothing: eps in [0, 1].
 
     Shape:
-        logits (N, C) any float dtype; target (N,) indices or (N, C) probabilities.
+        logits (N, C) or (N, C, d1, ..., dk), any float dtype; target (N) or (N, d1, ..., dk) indices, or
+        probabilities of the logits' shape.
     """
 
     def __init__(
@@ -148,10 +165,12 @@ class FocalLoss(_WeightedCriterion):
         gamma: focusing parameter ``>= 0`` (paper default 2); 0 gives cross-entropy.
         alpha: optional per-class weights ``alpha_c``, length C.
         ignore_index: target value to ignore.
-        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        reduction: ``"none"``, ``"mean"`` (divides by the number of non-ignored elements, not by the summed
+            ``alpha_c``; see `crl_lightning.losses.functional.focal_loss`) or ``"sum"``.
 
     Shape:
-        logits (N, C) any float dtype; target (N,) indices; output scalar or (N,).
+        logits (N, C) or (N, C, d1, ..., dk), any float dtype; target (N) or (N, d1, ..., dk) indices; output
+        scalar, or the target's shape with ``reduction="none"``.
     """
 
     def __init__(
@@ -183,7 +202,8 @@ class Poly1CrossEntropyLoss(nn.Module):
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
 
     Shape:
-        logits (N, C) any float dtype; target (N,) indices; output scalar or (N,).
+        logits (N, C) or (N, C, d1, ..., dk), any float dtype; target (N) or (N, d1, ..., dk) indices; output
+        scalar, or the target's shape with ``reduction="none"``.
     """
 
     def __init__(self, epsilon: float = 1.0, ignore_index: int = -100, reduction: str = "mean") -> None:
