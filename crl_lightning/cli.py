@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from crl_lightning.callbacks import configure_wandb_loggers
 from crl_lightning.classifier import ImageClassifier
 from crl_lightning.data.base import ImageDataModule
 
-__all__ = ["CRLCLI", "EXTRA_COMMANDS", "build_cli", "console_main", "main"]
+__all__ = ["CRLCLI", "EXTRA_COMMANDS", "build_cli", "console_main", "main", "weights_to_test"]
 
 
 class CRLCLI(LightningCLI):
@@ -36,9 +39,27 @@ class CRLCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
-            checkpoint = self.trainer.checkpoint_callback
-            ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=weights_to_test(self.trainer))
+
+
+def weights_to_test(trainer: L.Trainer) -> str | None:
+    """The ``ckpt_path`` for testing right after ``trainer.fit``: ``"best"``, or ``None`` for the in-memory weights.
+
+    ``"best"`` is ModelCheckpoint's ``best_model_path`` (the last epoch's when nothing is monitored);
+    ``None`` (the weights in memory) when no checkpoint was saved. With a `WeightAveraging` callback (EMA,
+    SWA), whose ``on_load_checkpoint`` would put the *current* weights back while the fit's average model
+    still exists, the checkpoint's ``state_dict`` (the averaged weights) is loaded into the model here and
+    ``None`` returned, so the test sees the averaged weights.
+    """
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None or not checkpoint.best_model_path:
+        return None
+    if not any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks):
+        return "best"
+    model = trainer.lightning_module
+    state = torch.load(checkpoint.best_model_path, map_location=model.device, weights_only=False)["state_dict"]
+    model.load_state_dict(state)
+    return None
 
 
 #: Commands of ``crl`` that are not LightningCLI subcommands: name -> "module:function(args)".

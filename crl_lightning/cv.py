@@ -70,14 +70,13 @@ def format_table(results: Sequence[FoldResult], title: str = "") -> str:
 
 def run_fold(base_args: Sequence[str], fold: int, root_dir: Path) -> FoldResult:
     """Fit from fresh weights with ``--data.fold fold`` in ``root_dir/fold_<fold>``, then test; see module doc."""
-    from crl_lightning.cli import build_cli
+    from crl_lightning.cli import build_cli, weights_to_test
 
     args = ["fit", *base_args, "--data.fold", str(fold), "--test_after_fit", "false",
             "--model.init_args.ordinal", "true", "--trainer.default_root_dir", str(root_dir / f"fold_{fold}")]
     cli = build_cli(args)
-    checkpoint = cli.trainer.checkpoint_callback
-    ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
-    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=weights_to_test(cli.trainer),
+                               verbose=False)[0]
     missing = {"test_top1_err", "test_one_off_acc"} - set(metrics)
     if missing:
         raise KeyError(f"fold {fold}: expected the test metrics {sorted(missing)}, got {sorted(metrics)}")

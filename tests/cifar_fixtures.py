@@ -101,8 +101,28 @@ def write_cifar10(root: str | Path, per_batch: int = 4, n_test: int = 10, seed: 
     return root
 
 
+#: The real CIFAR-100 fine -> coarse mapping (fine ids and coarse ids in alphabetical order of their names, as in
+#: the dataset's meta file): fine 0-4 (apple, aquarium_fish, baby, bear, beaver) -> 4, 1, 14, 8, 0.
+CIFAR100_COARSE_OF_FINE = [
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+]
+CIFAR100_COARSE_NAMES = [
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
+    "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
+    "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+]
+
+
 def write_cifar100(root: str | Path, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:
     """Write ``<root>/cifar-100-python`` (``train``, ``test``, ``meta``) with 100 fine / 20 coarse classes.
+
+    Image i has the fine label ``7 i mod 100`` (every fine class once in 100 images) and its real coarse label
+    (`CIFAR100_COARSE_OF_FINE`); the meta file has the real coarse names.
 
     Args:
         root: parent folder (the DataModule's ``data_dir``).
@@ -124,14 +144,14 @@ def write_cifar100(root: str | Path, n_train: int = 20, n_test: int = 10, seed: 
                 "filenames": [f"fixture_{name}_{i}.png" for i in range(n)],
                 "batch_label": f"{'training' if name == 'train' else 'testing'} batch 1 of 1",
                 "fine_labels": fine,
-                "coarse_labels": [f // 5 for f in fine],
+                "coarse_labels": [CIFAR100_COARSE_OF_FINE[f] for f in fine],
                 "data": _images(rng, n),
             },
             folder / name,
         )
     _dump_py2(
         {"fine_label_names": [f"fine_{i}" for i in range(100)],
-         "coarse_label_names": [f"coarse_{i}" for i in range(20)]},
+         "coarse_label_names": CIFAR100_COARSE_NAMES},
         folder / "meta",
     )
     return root

@@ -59,10 +59,11 @@ def _cifar(writer: Callable, dataset_cls: type) -> Callable:
 
 
 def _svhn(root: Path, monkeypatch) -> list[str]:
-    from data_fixtures import write_svhn_mat
+    from data_fixtures import trust_svhn_md5, write_svhn_mat
 
     for split, n in (("train", 6), ("test", 4), ("extra", 4)):
         write_svhn_mat(root, split, [(i % 10) + 1 for i in range(n)], seed=n)
+    trust_svhn_md5(monkeypatch, root)
     return ["--data.init_args.data_dir", str(root)]
 
 

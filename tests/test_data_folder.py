@@ -109,6 +109,16 @@ def test_imagenet_preset_and_explicit_image_size(tmp_path):
     assert dm.datasets["val"][0][0].shape == (3, 8, 8)
 
 
+def test_test_split_may_lack_a_class_and_keeps_the_train_index(tmp_path):
+    write_image_folder(tmp_path, {"train": 2, "test": 1})
+    for f in (tmp_path / "test" / "Zebra").iterdir():
+        f.unlink()
+    (tmp_path / "test" / "Zebra").rmdir()
+    dm = ImageFolderDataModule(tmp_path, mean=[0] * 3, std=[1] * 3)
+    dm.setup("test")
+    assert dm.num_classes == 3 and dm.datasets["test"].targets == [1, 2]  # apple, mango
+
+
 def test_val_folder_is_used_when_present(tmp_path):
     write_image_folder(tmp_path, {"train": 3, "val": 2, "test": 1})
     dm = ImageFolderDataModule(tmp_path, val_split=0.5, mean=[0] * 3, std=[1] * 3)
@@ -126,8 +136,14 @@ def test_errors_name_the_folder_and_what_was_expected(tmp_path):
 
     write_jpeg(tmp_path / "test" / "kiwi" / "0.jpg")
     dm = ImageFolderDataModule(tmp_path, mean=[0] * 3, std=[1] * 3)
-    with pytest.raises(ValueError, match=r"expected the class folders of the train split \(3\), got 4.*'kiwi'"):
+    with pytest.raises(ValueError, match=r"test: expected class folders among the 3 training classes, got 1 unknown "
+                                         r"ones, e\.g\. \['kiwi'\]"):
         dm.setup("fit")
+    (tmp_path / "test" / "kiwi" / "0.jpg").unlink()
+    (tmp_path / "test" / "kiwi").rmdir()
+    (tmp_path / "test" / "apple" / "000.png").unlink()  # an empty class folder
+    with pytest.raises(ValueError, match=r"test/apple: expected image files \(\.jpg.*got none"):
+        ImageFolderDataModule(tmp_path, mean=[0] * 3, std=[1] * 3).setup("fit")
     with pytest.raises(ValueError, match="mean/std: expected both or neither"):
         ImageFolderDataModule(tmp_path, mean=[0.5] * 3)
     with pytest.raises(ValueError, match="preset: expected 'cifar' or 'imagenet', got 'svhn'"):

@@ -20,10 +20,9 @@ from crl_lightning.data.splits import (
     subject_kfold,
     subject_train_val_split,
 )
-from crl_lightning.data.svhn import SVHN, SVHNDataModule
+from crl_lightning.data.svhn import SVHNDataModule, load_svhn
 
 __all__ = [
-    "SVHN",
     "AdienceDataModule",
     "AdienceFaces",
     "CIFAR10DataModule",
@@ -42,6 +41,7 @@ __all__ = [
     "TransformedSubset",
     "check_subject_exclusive",
     "class_balanced_subset",
+    "load_svhn",
     "subject_kfold",
     "subject_train_val_split",
 ]

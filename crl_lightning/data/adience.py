@@ -320,6 +320,11 @@ class AdienceDataModule(ImageFileDataModule):
         persistent_workers: keep workers alive between epochs.
         seed: seed of the validation split (and of re-drawn folds).
         val_split: fraction in ``[0, 0.5]`` of the training faces held out, by subject, for validation.
+        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
+        rand_augment: RandAugment per training image (see `ImageDataModule`).
+        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
+        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
+        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
 
     Raises:
         ValueError: bad arguments; at setup, malformed fold files, unknown age/gender strings, a subject in
@@ -347,9 +352,16 @@ class AdienceDataModule(ImageFileDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         val_split: float = 0.1,
+        trivial_augment: bool = False,
+        rand_augment: bool = False,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
-                         persistent_workers, seed, val_split)
+                         persistent_workers, seed, val_split,
+                         trivial_augment=trivial_augment, rand_augment=rand_augment,
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
         checks = {
             "task": (task, ("age", "gender")),
             "age_policy": (age_policy, ("drop", "nearest")),

@@ -15,6 +15,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torchvision.transforms import v2
 
 from crl_lightning.data import transforms as T
 from crl_lightning.data.batch_transforms import normalize, random_crop_flip
@@ -290,9 +291,19 @@ class ImageDataModule(L.LightningDataModule):
             loaders yield uint8 batches, and `on_after_batch_transfer` augments whole training batches
             on the device they were moved to (`batch_augment`, e.g. the CIFAR crop + flip) and normalises
             every batch with ``stats`` (`crl_lightning.data.batch_transforms`).
+        trivial_augment: add torchvision's ``v2.TrivialAugmentWide`` to the per-image training transform
+            (on the decoded image, before the dataset's own crop/flip and normalisation).
+        rand_augment: add ``v2.RandAugment()`` (2 ops, magnitude 9) there instead.
+        random_erasing: probability of ``v2.RandomErasing`` on the normalised training image (0: off).
+        mixup_alpha: MixUp (``v2.MixUp``) of whole training batches with Beta(alpha, alpha) weights; 0: off.
+        cutmix_alpha: CutMix (``v2.CutMix``) likewise; with both, each batch gets one of the two, at random.
+            MixUp/CutMix turn the (N,) targets into (N, C) soft targets, which CE and CRL's soft-target form
+            take; the training top-1 error is then not logged (there is no single correct class).
 
     Raises:
-        ValueError: ``batch_size < 1``, ``num_workers < 0``, or ``val_split`` outside ``[0, 1)``.
+        ValueError: ``batch_size < 1``, ``num_workers < 0``, ``val_split`` outside ``[0, 1)``, both
+            ``trivial_augment`` and ``rand_augment``, ``random_erasing`` outside [0, 1], a negative
+            MixUp/CutMix alpha, or a per-image augmentation with ``augment_on_device``.
     """
 
     num_classes: int = 0
@@ -312,8 +323,22 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         val_split: float = 0.0,
         augment_on_device: bool = False,
+        trivial_augment: bool = False,
+        rand_augment: bool = False,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__()
+        if trivial_augment and rand_augment:
+            raise ValueError("trivial_augment/rand_augment: expected at most one of them, got both")
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"random_erasing: expected a probability in [0, 1], got {random_erasing}")
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(f"mixup_alpha/cutmix_alpha: expected >= 0 (0: off), got {mixup_alpha}, {cutmix_alpha}")
+        if augment_on_device and (trivial_augment or rand_augment or random_erasing > 0):
+            raise ValueError("augment_on_device: expected no per-image augmentation (trivial_augment, rand_augment, "
+                             "random_erasing), which runs on single images: set augment_on_device false")
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         if num_workers < 0:
@@ -326,6 +351,8 @@ class ImageDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed, self.val_split = seed, val_split
         self.augment_on_device = augment_on_device
+        self.trivial_augment, self.rand_augment, self.random_erasing = trivial_augment, rand_augment, random_erasing
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.datasets: dict[str, Dataset] = {}
 
     # ----- extension points -------------------------------------------------------------------
@@ -352,7 +379,20 @@ class ImageDataModule(L.LightningDataModule):
         """
         if self.augment_on_device:
             return None
-        return self.train_transform() if split == "train" else self.eval_transform()
+        if split != "train":
+            return self.eval_transform()
+        policy = v2.TrivialAugmentWide() if self.trivial_augment else v2.RandAugment() if self.rand_augment else None
+        erasing = v2.RandomErasing(self.random_erasing) if self.random_erasing > 0 else None
+        if policy is None and erasing is None:
+            return self.train_transform()
+        steps = [v2.ToImage(), policy, self.train_transform(), erasing]
+        return v2.Compose([t for t in steps if t is not None])
+
+    def batch_mix(self) -> Callable | None:
+        """The batch-level MixUp/CutMix (torchvision v2) of training batches, or ``None`` when both are off."""
+        mixes = [cls(alpha=alpha, num_classes=self.num_classes)
+                 for cls, alpha in ((v2.MixUp, self.mixup_alpha), (v2.CutMix, self.cutmix_alpha)) if alpha > 0]
+        return None if not mixes else mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
     def batch_augment(self) -> tuple[int, bool] | None:
         """``(padding, flip)`` of the on-device training augmentation (`batch_transforms.random_crop_flip`).
@@ -362,16 +402,27 @@ class ImageDataModule(L.LightningDataModule):
         return None
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``augment_on_device``: crop + flip training batches (`batch_augment`), normalise every batch."""
-        if not self.augment_on_device:
+        """Batch-level work on the device the batch was moved to.
+
+        With ``augment_on_device``, training batches are cropped and flipped (`batch_augment`) and every batch
+        is normalised; then training batches get MixUp/CutMix (`batch_mix`), which makes the targets soft.
+        """
+        training = self.trainer is not None and self.trainer.training
+        mix = self.batch_mix() if training else None
+        if not self.augment_on_device and mix is None:
             return batch
-        if self.stats is None:
-            raise RuntimeError(f"{type(self).__name__}: augment_on_device needs the normalisation stats; call setup()")
-        images, rest = batch[0], list(batch[1:])
-        augment = self.batch_augment()
-        if augment is not None and self.trainer is not None and self.trainer.training:
-            images = random_crop_flip(images, *augment)
-        return [normalize(images, *self.stats), *rest]
+        images, target, rest = batch[0], batch[1], list(batch[2:])
+        if self.augment_on_device:
+            if self.stats is None:
+                raise RuntimeError(f"{type(self).__name__}: augment_on_device needs the normalisation stats; "
+                                   "call setup() first")
+            augment = self.batch_augment()
+            if augment is not None and training:
+                images = random_crop_flip(images, *augment)
+            images = normalize(images, *self.stats)
+        if mix is not None:
+            images, target = mix(images, target)
+        return [images, target, *rest]
 
     def collate_fn(self) -> Callable | None:
         """``collate_fn`` of every DataLoader; ``None`` (torch's default) unless overridden.
@@ -471,6 +522,11 @@ class ImageFileDataModule(ImageDataModule):
         persistent_workers: keep workers alive between epochs.
         seed: seed of the train/val split.
         val_split: fraction of the training split held out for validation.
+        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
+        rand_augment: RandAugment per training image (see `ImageDataModule`).
+        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
+        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
+        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
 
     Raises:
         ValueError: not ``1 <= image_size <= resize_size``, an unknown ``bad_images`` policy, or any
@@ -489,8 +545,15 @@ class ImageFileDataModule(ImageDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         val_split: float = 0.0,
+        trivial_augment: bool = False,
+        rand_augment: bool = False,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split)
+        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
+                         trivial_augment=trivial_augment, rand_augment=rand_augment,
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
         resize_size = resize_size if resize_size is not None else round(image_size * 8 / 7)
         if not 1 <= image_size <= resize_size:
             raise ValueError(

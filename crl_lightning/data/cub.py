@@ -282,6 +282,11 @@ class CUB200DataModule(ImageFileDataModule):
         seed: seed of the optional validation split.
         val_split: fraction of the training images held out for validation (stratified by class);
             0 validates on the test split.
+        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
+        rand_augment: RandAugment per training image (see `ImageDataModule`).
+        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
+        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
+        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
 
     Raises:
         ValueError: ``image_size < 1``, or (at setup) malformed metadata.
@@ -303,9 +308,16 @@ class CUB200DataModule(ImageFileDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         val_split: float = 0.0,
+        trivial_augment: bool = False,
+        rand_augment: bool = False,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
-                         persistent_workers, seed, val_split)
+                         persistent_workers, seed, val_split,
+                         trivial_augment=trivial_augment, rand_augment=rand_augment,
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
         self.crop_to_bbox = crop_to_bbox
 
     def build_dataset(self, split: str) -> Dataset:

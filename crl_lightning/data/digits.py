@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset, TensorDataset
 
-from crl_lightning.data.base import ImageDataModule
+from crl_lightning.data import transforms as T
+from crl_lightning.data.base import ImageDataModule, TensorImageDataset
 
 __all__ = ["DigitsDataModule"]
 
-
-class _Digits(TensorDataset):
-    """(1, 8, 8) float32 images standardised with the training mean/std, int64 targets."""
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        super().__init__(images, targets)
-        self.targets = targets.tolist()
+#: The digits' pixels are 0..16; times 15 they are exact uint8 values 0..240.
+PIXEL_SCALE = 15
 
 
 class DigitsDataModule(ImageDataModule):
@@ -26,7 +23,9 @@ class DigitsDataModule(ImageDataModule):
 
     No download, no files: the data ships with scikit-learn. A seeded stratified split holds out
     ``test_split`` of the images for test and ``val_split`` of the rest for validation (defaults give
-    1,293 / 144 / 360). Pixels (0..16) are standardised with the training split's mean and std.
+    1,293 / 144 / 360). The images are held as uint8 (N, 1, 8, 8) tensors (pixels 0..16 times 15) and
+    standardised with the training split's mean and std (no augmentation), per image or, with
+    ``augment_on_device``, on whole batches on the device.
 
     Args:
         batch_size: samples per batch.
@@ -36,6 +35,12 @@ class DigitsDataModule(ImageDataModule):
         seed: seed of both splits.
         val_split: fraction of the non-test images held out for validation.
         test_split: fraction of all images held out for test.
+        augment_on_device: normalise whole uint8 batches on the device instead of per image.
+        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
+        rand_augment: RandAugment per training image (see `ImageDataModule`).
+        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
+        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
+        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
 
     Raises:
         ValueError: ``test_split`` outside (0, 1), or any base-class argument error.
@@ -43,6 +48,8 @@ class DigitsDataModule(ImageDataModule):
 
     num_classes = 10
     in_chans = 1
+    #: Class names: the digits themselves.
+    classes = [str(d) for d in range(10)]
 
     def __init__(
         self,
@@ -53,25 +60,41 @@ class DigitsDataModule(ImageDataModule):
         seed: int = 0,
         val_split: float = 0.1,
         test_split: float = 0.2,
+        augment_on_device: bool = False,
+        trivial_augment: bool = False,
+        rand_augment: bool = False,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
-        super().__init__(".", batch_size, num_workers, pin_memory, persistent_workers, seed, val_split)
+        super().__init__(".", batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
+                         augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
         if not 0.0 < test_split < 1.0:
             raise ValueError(f"test_split: expected a fraction in (0, 1), got {test_split}")
         self.test_split = test_split
-        self._splits: dict[str, Dataset] | None = None
+        self._splits: dict[str, TensorImageDataset] | None = None
 
-    def build_dataset(self, split: str) -> Dataset:
+    def build_dataset(self, split: str) -> TensorImageDataset:
         if self._splits is None:
             digits = load_digits()
-            images = digits.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8)
+            images = torch.from_numpy((digits.images * PIXEL_SCALE).astype(np.uint8)[:, None])  # (1797, 1, 8, 8)
             targets = digits.target.astype(np.int64)
             train_idx, test_idx = train_test_split(
                 np.arange(len(targets)), test_size=self.test_split, random_state=self.seed, stratify=targets
             )
-            mean, std = images[train_idx].mean(), images[train_idx].std()
-            x = torch.from_numpy((images - mean) / std)
-            y = torch.from_numpy(targets)
-            self._splits = {"train": _Digits(x[train_idx], y[train_idx]), "test": _Digits(x[test_idx], y[test_idx])}
+            train = images[train_idx].double() / 255.0
+            self.stats = ((train.mean().item(),), (train.std(unbiased=False).item(),))
+            self._splits = {
+                "train": TensorImageDataset(images[train_idx], targets[train_idx].tolist()),
+                "test": TensorImageDataset(images[test_idx], targets[test_idx].tolist()),
+            }
         if split not in self._splits:
             raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
         return self._splits[split]
+
+    def train_transform(self) -> Callable:
+        return T.to_normalized_tensor(self.stats)
+
+    def eval_transform(self) -> Callable:
+        return T.to_normalized_tensor(self.stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -25,7 +26,7 @@ from crl_lightning.data.base import (
 )
 from crl_lightning.data.splits import class_balanced_subset
 
-__all__ = ["ImageFolderDataModule", "Preset", "channel_stats", "decode_to_tensor", "list_image_folder"]
+__all__ = ["ImageFolderDataModule", "Preset", "channel_stats", "decode_to_tensor", "is_image_file", "list_image_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -33,44 +34,56 @@ log = logging.getLogger(__name__)
 Preset = Literal["cifar", "imagenet"]
 
 
+def is_image_file(path: str) -> bool:
+    """True for a file name or path with an image extension (`IMG_EXTENSIONS`) that is not hidden (``._x.jpg``)."""
+    name = os.path.basename(path)
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
 def list_image_folder(
-    folder: str | Path, classes: Sequence[str] | None = None
+    folder: str | Path, class_to_idx: dict[str, int] | None = None, name: str = "ImageFolder", howto: str = ""
 ) -> tuple[list[str], list[int], list[str]]:
     """Image paths, class indices and class names of a ``<folder>/<class>/<image>`` tree.
 
     Classes are the sorted sub-folder names (torchvision's `find_classes`), files are listed by torchvision's
-    `make_dataset` (extensions `torchvision.datasets.folder.IMG_EXTENSIONS`, sorted, sub-folders followed).
+    `make_dataset` (extensions `torchvision.datasets.folder.IMG_EXTENSIONS`, hidden files skipped; sorted by
+    class, then path; sub-folders followed).
 
     Args:
         folder: the split folder, e.g. ``root/train``.
-        classes: the expected class folders (those of the train split); ``None`` takes the folder's own.
+        class_to_idx: the class index of every known class folder (those of the train split); the folder's
+            classes must be among them (a subset is fine). ``None``: the folder's own sorted classes.
+        name: the dataset's name, for messages.
+        howto: appended to the message when the folder is missing (how to get the data).
 
     Returns:
-        ``(paths, targets, classes)``: targets index into ``classes``.
+        ``(paths, targets, classes)``: ``classes`` are the folder's class names, sorted.
 
     Raises:
-        FileNotFoundError: ``folder`` does not exist, has no class folder, or a class folder has no image.
-        ValueError: the class folders differ from ``classes`` (the message lists the differences).
+        FileNotFoundError: ``folder`` does not exist.
+        ValueError: no class folder, a class folder that is not a known class, or one without images.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"ImageFolder: expected the folder {folder} (<class>/<image> inside), found none")
+        raise FileNotFoundError(f"{name}: expected the folder {folder} (<class>/<image> inside), found none"
+                                + (f". {howto}" if howto else ""))
     try:
-        found, _ = find_classes(str(folder))
+        classes, own_index = find_classes(str(folder))
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"ImageFolder: expected class sub-folders in {folder}, got none") from err
-    if classes is not None and list(found) != list(classes):
-        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
-        raise ValueError(
-            f"ImageFolder: {folder}: expected the class folders of the train split ({len(classes)}), got "
-            f"{len(found)}; missing {missing[:5]}, not in train {extra[:5]}"
-        )
-    class_to_idx = {name: i for i, name in enumerate(found)}
-    try:
-        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"ImageFolder: {folder}: {err}") from err
-    return [p for p, _ in samples], [t for _, t in samples], list(found)
+        raise ValueError(f"{name}: {folder}: expected class sub-folders, got none") from err
+    if class_to_idx is None:
+        class_to_idx = own_index
+    unknown = [c for c in classes if c not in class_to_idx]
+    if unknown:
+        raise ValueError(f"{name}: {folder}: expected class folders among the {len(class_to_idx)} training "
+                         f"classes, got {len(unknown)} unknown ones, e.g. {unknown[:5]}")
+    samples = make_dataset(str(folder), {c: class_to_idx[c] for c in classes}, is_valid_file=is_image_file,
+                           allow_empty=True)
+    empty = sorted(set(classes) - {Path(p).relative_to(folder).parts[0] for p, _ in samples})
+    if empty:
+        raise ValueError(f"{name}: {folder / empty[0]}: expected image files ({', '.join(IMG_EXTENSIONS)}), "
+                         f"got none ({len(empty)} such class folders)")
+    return [p for p, _ in samples], [t for _, t in samples], classes
 
 
 #: Decoded splits of this process, so that the runs of one ``crl study`` decode each split once.
@@ -169,7 +182,7 @@ class ImageFolderDataModule(ImageDataModule):
     """Any image-classification tree ``data_dir/{train,[val],test}/<class>/<image>`` (torchvision ImageFolder).
 
     The class index is the position of the folder name in the sorted class folders of ``train/``
-    (torchvision's `find_classes`); ``val/`` and ``test/`` must hold the same class folders. Without a
+    (torchvision's `find_classes`); the class folders of ``val/`` and ``test/`` must be among them. Without a
     ``val/`` folder, ``val_split`` of the training images are held out for validation (stratified by class,
     seeded by ``seed``), or, with ``val_split: 0``, validation runs on ``test/``. Archives are not read:
     extract them first (``tar xzf cifar10_jpeg.tar.gz -C DATA``).
@@ -205,11 +218,17 @@ class ImageFolderDataModule(ImageDataModule):
         persistent_workers: keep workers alive between epochs.
         seed: seed of the validation split and of the ``train_per_class`` subset.
         val_split: fraction of ``train/`` held out for validation when there is no ``val/`` folder.
+        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
+        rand_augment: RandAugment per training image (see `ImageDataModule`).
+        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
+        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
+        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
 
     Raises:
-        FileNotFoundError: ``data_dir/train`` is missing or has no class folder (at construction: the class
-            count is needed to build the model), or ``test/`` is missing (at setup).
-        ValueError: bad options, class folders that differ between splits, a class with fewer than
+        FileNotFoundError: ``data_dir/train`` is missing (at construction: the class count is needed to build
+            the model), or ``test/`` is missing (at setup).
+        ValueError: bad options, no class folder, a class folder of ``val/``/``test/`` that ``train/`` does
+            not have, an empty class folder, a class with fewer than
             ``train_per_class`` training images, or images of several sizes with ``in_memory``.
     """
 
@@ -230,9 +249,15 @@ class ImageFolderDataModule(ImageDataModule):
         seed: int = 0,
         val_split: float = 0.0,
         augment_on_device: bool = False,
+        trivial_augment: bool = False,
+        rand_augment: bool = False,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
-                         augment_on_device)
+                         augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
         if augment_on_device and not (in_memory and preset == "cifar" and image_size is None):
             raise ValueError(
                 "augment_on_device: expected in_memory: true, preset: cifar and no image_size (native size), got "
@@ -257,6 +282,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.in_memory, self.bad_images = in_memory, bad_images
         self.stats: T.Stats | None = None if mean is None else (tuple(mean), tuple(std))
         _, _, self.classes = list_image_folder(self.data_dir / "train")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.num_classes = len(self.classes)
         self.has_val_split = (self.data_dir / "val").is_dir()
 
@@ -265,7 +291,7 @@ class ImageFolderDataModule(ImageDataModule):
         """The image files of ``split`` (``"train"``, ``"test"``, or ``"val"`` when ``val/`` exists)."""
         if split not in ("train", "test", "val"):
             raise ValueError(f"split: expected 'train', 'val' or 'test', got {split!r}")
-        paths, targets, _ = list_image_folder(self.data_dir / split, self.classes)
+        paths, targets, _ = list_image_folder(self.data_dir / split, self.class_to_idx)
         return ImageFileDataset(paths, targets, self.bad_images)
 
     def _view(self, split: str, dataset: ImageFileDataset, indices: Sequence[int] | None) -> TransformedSubset:

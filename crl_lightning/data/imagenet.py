@@ -8,67 +8,18 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
+from torchvision.datasets.folder import find_classes
 
 from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset
+from crl_lightning.data.folder import is_image_file, list_image_folder
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageNetDataModule", "find_synsets", "list_class_folders", "list_flat_val"]
+__all__ = ["ImageNetDataModule", "list_flat_val"]
 
-#: File suffixes taken as images (lower-cased comparison).
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 IMAGENET_HOWTO = (
     "ImageNet is not downloaded by this package: get ILSVRC2012 from https://image-net.org (or the Kaggle "
     "'ImageNet Object Localization Challenge', which ships LOC_val_solution.csv) and extract "
     "train/<synset>/*.JPEG and val/ into data_dir"
 )
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-def find_synsets(folder: str | Path) -> list[str]:
-    """Sorted names of the sub-folders of ``folder`` (one per class; hidden folders ignored).
-
-    Raises:
-        FileNotFoundError: ``folder`` does not exist.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"ImageNet: expected the folder {folder}, found none. {IMAGENET_HOWTO}")
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-
-
-def list_class_folders(folder: str | Path, class_to_idx: dict[str, int]) -> tuple[list[str], list[int]]:
-    """Image paths and class indices of a ``<folder>/<synset>/<image>`` tree, sorted by synset then name.
-
-    Args:
-        folder: the split folder (e.g. ``train``).
-        class_to_idx: synset -> class index; every sub-folder must be in it.
-
-    Returns:
-        ``(paths, targets)``.
-
-    Raises:
-        ValueError: a sub-folder is not a known synset, or a class folder holds no image.
-    """
-    folder = Path(folder)
-    synsets = find_synsets(folder)
-    unknown = [s for s in synsets if s not in class_to_idx]
-    if unknown:
-        raise ValueError(f"ImageNet: {folder}: expected class folders among the training synsets, got "
-                         f"{len(unknown)} unknown ones, e.g. {unknown[:5]}")
-    paths, targets = [], []
-    for synset in synsets:
-        with os.scandir(folder / synset) as entries:
-            names = sorted(e.name for e in entries if e.is_file() and _is_image(e.name))
-        if not names:
-            raise ValueError(
-                f"ImageNet: {folder / synset}: expected image files ({', '.join(IMAGE_EXTENSIONS)}), got none"
-            )
-        paths.extend(str(folder / synset / n) for n in names)
-        targets.extend([class_to_idx[synset]] * len(names))
-    return paths, targets
 
 
 def list_flat_val(
@@ -125,7 +76,7 @@ def list_flat_val(
                 raise ValueError(f"{labels_csv}:{line}: image id {image_id} appears twice")
             synset_of[image_id] = synset
     with os.scandir(folder) as entries:
-        files = sorted(e.name for e in entries if e.is_file() and _is_image(e.name))
+        files = sorted(e.name for e in entries if e.is_file() and is_image_file(e.name))
     stems = {Path(n).stem: n for n in files}
     unlabelled = sorted(set(stems) - set(synset_of))
     missing = sorted(set(synset_of) - set(stems))
@@ -168,6 +119,11 @@ class ImageNetDataModule(ImageFileDataModule):
         persistent_workers: keep workers alive between epochs.
         seed: seed of the optional validation split.
         val_split: fraction of train held out for validation (stratified); 0 validates on the val folder.
+        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
+        rand_augment: RandAugment per training image (see `ImageDataModule`).
+        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
+        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
+        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
 
     Raises:
         ValueError: bad arguments; at setup, a class count that differs from ``num_classes``, a val folder
@@ -191,9 +147,16 @@ class ImageNetDataModule(ImageFileDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         val_split: float = 0.0,
+        trivial_augment: bool = False,
+        rand_augment: bool = False,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
-                         persistent_workers, seed, val_split)
+                         persistent_workers, seed, val_split,
+                         trivial_augment=trivial_augment, rand_augment=rand_augment,
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
         if num_classes < 1:
             raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
         if val_labels is not None and Path(val_labels).suffix.lower() != ".csv":
@@ -216,7 +179,12 @@ class ImageNetDataModule(ImageFileDataModule):
             ValueError: the number of class folders differs from ``num_classes``.
         """
         if self._class_to_idx is None:
-            synsets = find_synsets(self.train_dir)
+            if not self.train_dir.is_dir():
+                raise FileNotFoundError(f"ImageNet: expected the folder {self.train_dir}, found none. {IMAGENET_HOWTO}")
+            try:
+                synsets = find_classes(str(self.train_dir))[0]
+            except FileNotFoundError:  # torchvision: no class folder in it
+                synsets = []
             if len(synsets) != self.num_classes:
                 raise ValueError(
                     f"ImageNet: expected {self.num_classes} class folders (num_classes) in {self.train_dir}, "
@@ -234,7 +202,7 @@ class ImageNetDataModule(ImageFileDataModule):
         with os.scandir(self.val_dir) as entries:
             entries = [e for e in entries if not e.name.startswith(".")]
             has_dirs = any(e.is_dir() for e in entries)
-            has_images = any(e.is_file() and _is_image(e.name) for e in entries)
+            has_images = any(e.is_file() and is_image_file(e.name) for e in entries)
         if has_dirs and has_images:
             raise ValueError(
                 f"ImageNet: {self.val_dir}: expected either class folders or a flat folder of images, "
@@ -259,10 +227,10 @@ class ImageNetDataModule(ImageFileDataModule):
         if split in self._built:
             return self._built[split]
         if split == "train":
-            paths, targets = list_class_folders(self.train_dir, self.class_to_idx)
+            paths, targets, _ = list_image_folder(self.train_dir, self.class_to_idx, "ImageNet", IMAGENET_HOWTO)
         elif split == "test":
             if self._val_layout() == "folders":
-                paths, targets = list_class_folders(self.val_dir, self.class_to_idx)
+                paths, targets, _ = list_image_folder(self.val_dir, self.class_to_idx, "ImageNet", IMAGENET_HOWTO)
             else:
                 paths, targets = list_flat_val(self.val_dir, self._find_val_labels(), self.class_to_idx)
         else:
