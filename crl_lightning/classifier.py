@@ -51,7 +51,9 @@ class ImageClassifier(L.LightningModule):
     so each sample counts once; see `crl_lightning.metrics.unpadded_sample_count`.
 
     The model adds a `crl_lightning.callbacks.History` callback (``history.csv``: one row of epoch metrics
-    per training epoch, in the run directory), and with ``test_report=True`` a
+    per training epoch, in the run directory), a `crl_lightning.callbacks.RandomState` callback (the random
+    generators' states travel with the checkpoints, so a run resumed from an epoch-end checkpoint repeats the
+    uninterrupted one), and with ``test_report=True`` a
     `crl_lightning.callbacks.TestReport` callback (unless the
     trainer already has one), which writes ``test_metrics.json``, ``confusion_matrix.csv`` and
     ``figures/*.png`` into the run directory after every test and reads as input for ``crl compare``.
@@ -298,10 +300,10 @@ class ImageClassifier(L.LightningModule):
         }
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """A `crl_lightning.callbacks.History`, and a `TestReport` when ``test_report``, unless the trainer has them."""
-        from crl_lightning.callbacks import History, TestReport
+        """`History`, `RandomState`, and `TestReport` if ``test_report`` (`crl_lightning.callbacks`), unless present."""
+        from crl_lightning.callbacks import History, RandomState, TestReport
 
-        wanted = [History] + ([TestReport] if self.hparams.get("test_report", True) else [])
+        wanted = [History, RandomState] + ([TestReport] if self.hparams.get("test_report", True) else [])
         existing = self._trainer.callbacks if self._trainer is not None else []
         return [cls() for cls in wanted if not any(isinstance(cb, cls) for cb in existing)]
 
