@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassCalibrationError
 
 from crl_lightning import ImageClassifier
+from crl_lightning.callbacks import TestReport
 from crl_lightning.losses import CrossEntropyLoss
 from crl_lightning.metrics import (
     ExactAccuracy,
@@ -232,10 +233,11 @@ def test_classifier_ignores_padded_duplicates_of_a_distributed_sampler(tmp_path)
     sampler = DistributedSampler(data, num_replicas=4, rank=3, shuffle=False)
     assert list(sampler) == [3, 7, 1]
     model = TinyClassifier(num_classes=10, in_chans=1, test_report=False)
+    report = TestReport(figures=False, dirpath=tmp_path)
     for batch_size in (2, 3):  # the duplicate alone in a last batch, or at the end of a batch
-        (result,) = trainer(tmp_path).test(model, DataLoader(data, sampler=sampler, batch_size=batch_size),
-                                           verbose=False)
-        assert int(model.test_results["confusion_matrix"].sum()) == 2
+        (result,) = trainer(tmp_path, callbacks=[report]).test(
+            model, DataLoader(data, sampler=sampler, batch_size=batch_size), verbose=False)
+        assert int(report.results["confusion_matrix"].sum()) == 2
         with torch.no_grad():
             model.eval()
             x, y = data.tensors[0][[3, 7]], data.tensors[1][[3, 7]]
@@ -262,13 +264,14 @@ def test_ordinal_classifier_logs_exact_and_one_off_accuracy(tmp_path):
 def test_test_only_metrics_and_results(tmp_path):
     model = TinyClassifier(num_classes=10, in_chans=1, criterion=CrossEntropyLoss(), test_report=False)
     data = make_data(200)
-    t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    report = TestReport(figures=False, dirpath=tmp_path)
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[report])
     t.fit(model, DataLoader(data, batch_size=32), DataLoader(data, batch_size=50))
     assert not any(k.endswith(("ece", "nll", "class_acc")) for k in t.callback_metrics)  # test only
     (result,) = t.test(model, DataLoader(data, batch_size=64), verbose=False)
     assert result["test_nll"] == pytest.approx(result["test_loss"], rel=1e-5)  # NLL is the CE loss
     assert 0.0 <= result["test_ece"] <= 1.0
-    res = model.test_results
+    res = report.results
     confusion = res["confusion_matrix"]
     assert confusion.shape == (10, 10) and int(confusion.sum()) == 200
     assert 100.0 * (1 - confusion.diagonal().sum() / 200).item() == pytest.approx(result["test_top1_err"], rel=1e-5)
@@ -330,3 +333,7 @@ def test_ddp_eval_counts_each_sample_once(tmp_path):
     with torch.no_grad():
         reference = model.criterion(model(data.tensors[0]), data.tensors[1]).item()
     assert result["test_loss"] == pytest.approx(reference, rel=1e-5)
+    # every synced test metric and the confusion matrix as one process that sees all 10 samples
+    (single,) = trainer(tmp_path / "one").test(model, DataLoader(data, batch_size=2), verbose=False)
+    assert result == pytest.approx(single, rel=1e-5)
+    assert (tmp_path / "confusion_matrix.csv").read_text() == (tmp_path / "one" / "confusion_matrix.csv").read_text()
