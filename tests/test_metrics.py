@@ -21,8 +21,10 @@ from crl_lightning.losses import CrossEntropyLoss
 from crl_lightning.metrics import (
     ExactAccuracy,
     ExpectedCalibrationError,
+    MeanClassAccuracy,
     NegativeLogLikelihood,
     OneOffAccuracy,
+    PaddingTrimmer,
     TopKError,
     classification_metrics,
     eval_metrics,
@@ -123,6 +125,8 @@ def test_eval_metrics_names():
     assert set(eval_metrics(8, (1, 5), "test_", ordinal=True).keys(keep_base=False)) == {
         "test_top1_err", "test_top5_err", "test_exact_acc", "test_one_off_acc"}
     assert set(eval_metrics(8, (1,), "val_").keys(keep_base=False)) == {"val_top1_err"}
+    assert set(eval_metrics(8, (1,), "test_", calibration_bins=15).keys(keep_base=False)) == {
+        "test_top1_err", "test_ece", "test_nll", "test_mean_class_acc"}
 
 
 # ----- calibration, NLL, per-class --------------------------------------------------------------------
@@ -169,6 +173,17 @@ def test_per_class_accuracy_with_an_absent_class():
     assert acc[2].item() == pytest.approx(50.0)
 
 
+def test_mean_class_accuracy_leaves_out_an_absent_class():
+    confusion = torch.tensor([[3, 1, 0], [0, 0, 0], [1, 1, 2]])
+    target, pred = samples_from_confusion(confusion)
+    metric = MeanClassAccuracy(3)
+    metric.update(one_hot_logits(pred[:5], 3), target[:5])
+    metric.update(one_hot_logits(pred[5:], 3), target[5:])
+    assert metric.compute().item() == pytest.approx((75.0 + 50.0) / 2)
+    assert metric.compute().dtype == torch.float32
+    assert metric.confusion().tolist() == confusion.tolist()
+
+
 # ----- DistributedSampler padding ---------------------------------------------------------------------
 @pytest.mark.parametrize("n", [10, 11, 12, 3])
 @pytest.mark.parametrize("world", [1, 3, 4])
@@ -181,6 +196,22 @@ def test_unpadded_sample_count_keeps_every_sample_once(n, world):
         assert count <= len(sampler)
         kept += list(sampler)[:count]
     assert sorted(kept) == list(range(n))
+
+
+def test_padding_trimmer_restarts_with_each_pass_and_dataloader():
+    data = make_data(10)
+    padded = DataLoader(data, batch_size=3, sampler=DistributedSampler(data, num_replicas=4, rank=3, shuffle=False))
+    plain = DataLoader(data, batch_size=4)
+    trim = PaddingTrimmer()
+    for loaders, index in ((padded, 0), ([plain, padded], 1), ({"a": padded}, 0)):
+        ((position, batch),) = [trim(b, i, loaders, index) for i, b in enumerate(padded)]  # one batch: 3, 7, 1
+        assert position == 0 and [t.tolist() for t in batch] == [t[[3, 7]].tolist() for t in data.tensors]
+    trim(next(iter(plain)), 0, plain)  # a pass over an unpadded loader keeps everything
+    batch = (torch.zeros(2), torch.zeros(5), "name")
+    position, kept = trim(batch, 1, plain)
+    assert position == 4 and kept is batch
+    kept = trim((torch.zeros(3), torch.ones(3), "name"), 0, padded)[1]
+    assert isinstance(kept, tuple) and kept[0].shape == (2,) and kept[1].tolist() == [1.0, 1.0] and kept[2] == "name"
 
 
 def test_unpadded_sample_count_other_samplers():
