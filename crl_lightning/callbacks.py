@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from typing_extensions import override
 
 from crl_lightning.files import write_text_atomic
+from crl_lightning.metrics import ExpectedCalibrationError, MeanClassAccuracy, per_class_accuracy
 
 __all__ = [
     "HISTORY_FILENAME",
@@ -223,11 +227,13 @@ class History(L.Callback):
         self._epoch_start = 0.0
         self._lr: float | None = None
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.monotonic()
         # read now: Lightning steps epoch-interval schedulers before `on_train_epoch_end`
         self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
@@ -258,9 +264,11 @@ class History(L.Callback):
         writer.writerows(self.rows)
         return out.getvalue()
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
 
@@ -279,10 +287,20 @@ class TestReport(L.Callback):
           ``figures/confusion_matrix.png`` (`crl_lightning.figures`), also logged as images to every
           `WandbLogger` of the trainer.
 
-    `ImageClassifier` adds this callback itself (``test_report=True``); add it to the trainer yourself to
-    change its options. With another LightningModule it writes the metrics and identity only. Under
-    ``fast_dev_run`` it writes nothing (as Lightning then writes no logs or checkpoints), so smoke runs
-    never end up in a ``crl compare`` table.
+    The data come from the model: the confusion matrix and the reliability-diagram bins from the
+    `MeanClassAccuracy` and `ExpectedCalibrationError` metrics of its ``test_metrics`` collection (synced),
+    and the Fig. 5 heatmap rows from what its ``test_step`` returns (see `on_test_batch_end`). After
+    ``trainer.test`` the same data are in `results`, for Python users::
+
+        report = TestReport(figures=False)
+        trainer = L.Trainer(callbacks=[report])
+        trainer.test(model, datamodule=datamodule)
+        report.results["confusion_matrix"]
+
+    `ImageClassifier` adds this callback itself (``test_report=True``; it is then found in
+    ``trainer.callbacks``); add it to the trainer yourself to change its options. With another
+    LightningModule it writes the metrics and identity only. Under ``fast_dev_run`` it writes nothing (as
+    Lightning then writes no logs or checkpoints), so smoke runs never end up in a ``crl compare`` table.
 
     Args:
         figures: draw and save the figures (matplotlib, Agg, imported only here).
@@ -296,7 +314,74 @@ class TestReport(L.Callback):
         self.dirpath = None if dirpath is None else Path(dirpath)
         #: Path of the last metrics file written (``None`` before the first test).
         self.last_path: Path | None = None
+        #: The data of the last test's report (see `on_test_epoch_end`); ``{}`` before it.
+        self.results: dict[str, Any] = {}
+        self._samples: list[tuple[int, int, Tensor]] = []  # (position in the test set, target, probabilities)
 
+    @override
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.results, self._samples = {}, []
+
+    @override
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the softmax outputs of the first test image of each class, for the Fig. 5 heatmap.
+
+        Reads ``outputs``, what ``test_step`` returned: a dict with ``logits`` (N, C), ``target`` (N,) int64
+        and ``position`` (int, the position of the batch's first sample in this process's test set), as
+        `ImageClassifier.test_step` returns it; anything else is passed over, as are batches of the second
+        and later test dataloaders. It keeps at most the model's ``heatmap_samples`` hyper-parameter (C when
+        the model has none) images, one per class, in the order they come.
+        """
+        keys = {"logits", "target", "position"}
+        if dataloader_idx != 0 or not isinstance(outputs, Mapping) or not keys <= outputs.keys():
+            return
+        logits, target = outputs["logits"], outputs["target"]
+        limit = min(pl_module.hparams.get("heatmap_samples", logits.shape[1]), logits.shape[1])
+        if target.ndim != 1 or len(self._samples) >= limit:
+            return
+        seen = {t for _, t, _ in self._samples}
+        probs = torch.softmax(logits.float(), dim=1).cpu()
+        for i, t in enumerate(target.tolist()):
+            if t not in seen and len(self._samples) < limit:
+                seen.add(t)
+                self._samples.append((outputs["position"] + i, t, probs[i]))
+
+    @override
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Fill `results` on every process (the metrics sync across processes here).
+
+        `results` (all on the CPU) after a test with integer targets of a model whose ``test_metrics``
+        collection holds a `MeanClassAccuracy` and an `ExpectedCalibrationError` (`ImageClassifier`):
+            * ``confusion_matrix``: (C, C) int64, rows = true class, columns = predicted class;
+            * ``per_class_acc``: (C,) float64 percent, ``nan`` for a class absent from the test set;
+            * ``calibration``: the `ExpectedCalibrationError.bins` dict plus ``ece`` (fraction);
+            * ``samples``: ``index`` (K,) int64 position in the test set (of process 0), ``target`` (K,)
+              int64 and ``probs`` (K, C) float32 softmax outputs, for the first test image of each class,
+              sorted by class.
+        """
+        collection = getattr(pl_module, "test_metrics", None)
+        metrics = list(collection.values(copy_state=False)) if isinstance(collection, MetricCollection) else []
+        accuracy = next((m for m in metrics if isinstance(m, MeanClassAccuracy)), None)
+        calibration = next((m for m in metrics if isinstance(m, ExpectedCalibrationError)), None)
+        if accuracy is None or calibration is None or (trainer.world_size == 1 and not accuracy.update_called):
+            return  # not such a model, or no test batch with integer targets
+        confusion = accuracy.confusion()
+        samples = sorted(self._samples, key=lambda s: s[1])
+        self.results = {
+            "confusion_matrix": confusion,
+            "per_class_acc": per_class_accuracy(confusion),
+            "calibration": {**calibration.bins(), "ece": float(calibration.compute())},
+            "samples": {
+                "index": torch.tensor([s[0] for s in samples], dtype=torch.long),
+                "target": torch.tensor([s[1] for s in samples], dtype=torch.long),
+                "probs": torch.stack([s[2] for s in samples]) if samples else torch.empty(0, confusion.shape[0]),
+            },
+        }
+
+    @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return
@@ -307,7 +392,7 @@ class TestReport(L.Callback):
             for name, value in sorted(trainer.callback_metrics.items())
             if name.startswith("test_") and isinstance(value, Tensor) and value.numel() == 1
         }
-        results: dict[str, Any] = getattr(pl_module, "test_results", None) or {}
+        results = self.results
         files: dict[str, Any] = {}
         confusion = results.get("confusion_matrix")
         if confusion is not None:
@@ -420,6 +505,7 @@ class RandomState(L.Callback):
     position is not saved). `ImageClassifier` adds this callback itself.
     """
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # tensors, ints and lists only: checkpoints load with torch.load(weights_only=True)
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
@@ -429,6 +515,7 @@ class RandomState(L.Callback):
                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
                 "python": [version, list(internal), gauss_next]}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         torch.set_rng_state(state_dict["torch"])
         if state_dict["cuda"] and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():

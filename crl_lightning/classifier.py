@@ -1,4 +1,4 @@
-"""`ImageClassifier`: backbone + injected criterion + optimizer/scheduler + metrics and a test report."""
+"""`ImageClassifier`: backbone + injected criterion + optimizer/scheduler + the metrics it logs."""
 
 from __future__ import annotations
 
@@ -11,17 +11,10 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassConfusionMatrix
+from typing_extensions import override
 
 from crl_lightning.losses import CompetingRatioLoss
-from crl_lightning.metrics import (
-    ExpectedCalibrationError,
-    NegativeLogLikelihood,
-    classification_metrics,
-    eval_metrics,
-    per_class_accuracy,
-    unpadded_sample_count,
-)
+from crl_lightning.metrics import PaddingTrimmer, classification_metrics, eval_metrics
 from crl_lightning.models import create_backbone
 
 __all__ = ["ImageClassifier", "PAPER_SGD"]
@@ -42,21 +35,18 @@ class ImageClassifier(L.LightningModule):
           within one class index of the target, the paper's Adience metric).
         * test only: ``test_ece`` (expected calibration error, a **fraction** in [0, 1], ``calibration_bins``
           equal-width bins), ``test_nll`` (nats per sample) and ``test_mean_class_acc`` (percent, the
-          mean of the per-class accuracies). After a test, `test_results` holds the confusion matrix, the
-          per-class accuracy, the reliability-diagram bins and the softmax outputs of sample images.
+          mean of the per-class accuracies), all in the ``test_metrics`` collection.
         * progress bar: the loss, ``train_top1_err_step`` (the current batch, not logged) and the top-1 errors.
 
-    Under a `torch.utils.data.DistributedSampler`, the duplicates it pads onto the ends of the val/test
-    shards (so every process gets as many samples) are cut from the batches before loss and metrics,
-    so each sample counts once; see `crl_lightning.metrics.unpadded_sample_count`.
+    The duplicates a `torch.utils.data.DistributedSampler` pads onto the ends of the val/test shards are cut
+    from the batches (`crl_lightning.metrics.PaddingTrimmer`), so each sample counts once.
 
-    The model adds a `crl_lightning.callbacks.History` callback (``history.csv``: one row of epoch metrics
-    per training epoch, in the run directory), a `crl_lightning.callbacks.RandomState` callback (the random
-    generators' states travel with the checkpoints, so a run resumed from an epoch-end checkpoint repeats the
-    uninterrupted one), and with ``test_report=True`` a
-    `crl_lightning.callbacks.TestReport` callback (unless the
-    trainer already has one), which writes ``test_metrics.json``, ``confusion_matrix.csv`` and
-    ``figures/*.png`` into the run directory after every test and reads as input for ``crl compare``.
+    Callbacks it adds, unless the trainer has one: `crl_lightning.callbacks.History` (``history.csv``),
+    `crl_lightning.callbacks.RandomState` (the random generators' states travel with the checkpoints, so a
+    run resumed from an epoch-end checkpoint repeats the uninterrupted one) and, with ``test_report``,
+    `crl_lightning.callbacks.TestReport`, fed by what `test_step` returns: it writes ``test_metrics.json``
+    (read by ``crl compare``), ``confusion_matrix.csv`` and ``figures/*.png`` into the run directory after
+    every test, and keeps that data in Python as ``TestReport.results``.
 
     Extension points (override one, not ``training_step``):
         * `build_backbone` -- how the network (and its head) is built;
@@ -79,8 +69,8 @@ class ImageClassifier(L.LightningModule):
         compile: wrap the network in ``torch.compile``.
         ordinal: the classes are ordered (Adience age groups): also log exact and one-off accuracy.
         calibration_bins: number of confidence bins of ``test_ece`` and the reliability diagram.
-        heatmap_samples: test images whose softmax outputs are kept for the Fig. 5 heatmap (the first
-            test image of each class, at most this many); 0 keeps none.
+        heatmap_samples: test images whose softmax outputs `TestReport` keeps for the Fig. 5 heatmap (the
+            first test image of each class, at most this many); 0 keeps none.
         test_report: add a `crl_lightning.callbacks.TestReport` callback (metrics file and figures).
 
     Raises:
@@ -134,18 +124,11 @@ class ImageClassifier(L.LightningModule):
         # criterion already rejects out-of-range targets.
         self.train_metrics = classification_metrics(num_classes, self.top_k, prefix="train_", validate_args=False)
         self.val_metrics = eval_metrics(num_classes, self.top_k, prefix="val_", ordinal=ordinal)
-        self.test_metrics = eval_metrics(num_classes, self.top_k, prefix="test_", ordinal=ordinal)
+        self.test_metrics = eval_metrics(num_classes, self.top_k, "test_", ordinal, calibration_bins=calibration_bins)
         # Eval losses as sum/count metrics: exactly sample-weighted after a multi-process sync.
         self.val_loss_mean = MeanMetric()
         self.test_loss_mean = MeanMetric()
-        # Test-only extras (not updated in training or validation).
-        self.test_calibration = ExpectedCalibrationError(num_classes, num_bins=calibration_bins)
-        self.test_nll = NegativeLogLikelihood(num_classes)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
-        #: Filled at the end of each test: see `on_test_epoch_end`.
-        self.test_results: dict[str, Any] = {}
-        self._samples: list[tuple[int, int, Tensor]] = []  # (test position, target, probabilities)
-        self._eval_positions: dict[tuple[str, int], list[int | None]] = {}  # (stage, loader) -> [limit, seen]
+        self._trim_padding = PaddingTrimmer()
         self.criterion = criterion if criterion is not None else CompetingRatioLoss(alpha=1.5, beta=1.0)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -162,6 +145,7 @@ class ImageClassifier(L.LightningModule):
         hp = self.hparams
         return create_backbone(hp.backbone, hp.num_classes, hp.in_chans, hp.pretrained)
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         """Logits (N, C) for images (N, in_chans, H, W)."""
         if self.hparams.channels_last:
@@ -179,126 +163,67 @@ class ImageClassifier(L.LightningModule):
         return self.criterion(logits, target)
 
     # ----- steps ------------------------------------------------------------------------------
-    def _shared_step(self, batch: Any, stage: str, dataloader_idx: int = 0) -> Tensor | None:
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, target = batch[0], batch[1]
         logits = self(images)
         n = images.shape[0]
-        if stage == "train":
-            loss = self.compute_loss(logits, target, batch)
-            self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=n, prog_bar=True)
-            if target.ndim == 1:
-                self.train_metrics.update(logits.detach(), target)
-                self._log_metrics(self.train_metrics, n)
-                step_err = 100.0 * (logits.detach().argmax(dim=1) != target).float().mean()
-                self.log("train_top1_err_step", step_err, on_step=True, on_epoch=False, prog_bar=True, logger=False)
-            return loss
-        position, keep = self._unpadded_slice(stage, dataloader_idx, n)
-        if keep == 0:  # only padded duplicates in this batch
+        loss = self.compute_loss(logits, target, batch)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=n, prog_bar=True)
+        if target.ndim == 1:
+            self.train_metrics.update(logits.detach(), target)
+            self._log_metrics(self.train_metrics, n)
+            step_err = 100.0 * (logits.detach().argmax(dim=1) != target).float().mean()
+            self.log("train_top1_err_step", step_err, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        return loss
+
+    def _eval_step(self, batch: Any, batch_idx: int, stage: str, dataloader_idx: int) -> dict[str, Any] | None:
+        loaders = getattr(self._trainer, f"{stage}_dataloaders", None)
+        position, batch = self._trim_padding(batch, batch_idx, loaders, dataloader_idx)
+        if batch is None:  # only padded duplicates in this batch
             return None
-        if keep < n:
-            logits, target, batch = logits[:keep], target[:keep], _slice_batch(batch, keep, n)
-            n = keep
+        images, target = batch[0], batch[1]
+        logits = self(images)
+        n = images.shape[0]
         loss = self.compute_loss(logits, target, batch)
         loss_mean = getattr(self, f"{stage}_loss_mean")
         loss_mean.update(loss.detach().float(), weight=n)
         self.log(f"{stage}_loss", loss_mean, on_step=False, on_epoch=True, prog_bar=True)
+        logits = logits.detach()
         if target.ndim == 1:
-            logits = logits.detach()
             metrics = getattr(self, f"{stage}_metrics")
             metrics.update(logits, target)
             self._log_metrics(metrics, n)
-            if stage == "test":
-                self._update_test_extras(logits, target, position if dataloader_idx == 0 else None)
-        return loss
+        return {"loss": loss, "logits": logits, "target": target, "position": position}
 
     def _log_metrics(self, metrics: Any, n: int) -> None:
         for name, metric in metrics.items(keep_base=False, copy_state=False):
             self.log(name, metric, on_step=False, on_epoch=True, batch_size=n, prog_bar=name.endswith("top1_err"))
 
-    def _unpadded_slice(self, stage: str, dataloader_idx: int, n: int) -> tuple[int, int]:
-        """(position of this batch in the process's shard, how many of its ``n`` samples are not padding)."""
-        key = (stage, dataloader_idx)
-        if key not in self._eval_positions:
-            limit = None
-            if self._trainer is not None:
-                loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
-                if isinstance(loaders, dict):
-                    loaders = list(loaders.values())
-                if isinstance(loaders, list | tuple):
-                    loaders = loaders[dataloader_idx] if dataloader_idx < len(loaders) else None
-                limit = unpadded_sample_count(loaders) if loaders is not None else None
-            self._eval_positions[key] = [limit, 0]
-        limit, seen = self._eval_positions[key]
-        self._eval_positions[key][1] = seen + n
-        return seen, n if limit is None else max(0, min(n, limit - seen))
+    @override
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any] | None:
+        """Log the validation loss and metrics of a batch; return what `test_step` returns."""
+        return self._eval_step(batch, batch_idx, "val", dataloader_idx)
 
-    def _update_test_extras(self, logits: Tensor, target: Tensor, position: int | None) -> None:
-        self.test_calibration.update(logits, target)
-        self.test_nll.update(logits, target)
-        self.test_confusion.update(logits, target)
-        limit = min(self.hparams.heatmap_samples, self.hparams.num_classes)
-        if position is None or len(self._samples) >= limit:
-            return
-        seen = {t for _, t, _ in self._samples}
-        probs = torch.softmax(logits.float(), dim=1).cpu()
-        for i, t in enumerate(target.tolist()):
-            if t not in seen and len(self._samples) < limit:
-                seen.add(t)
-                self._samples.append((position + i, t, probs[i]))
+    @override
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any] | None:
+        """Log the test loss and metrics of a batch, and return its samples for callbacks (`TestReport`).
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
-        return self._shared_step(batch, "val", dataloader_idx)
-
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | None:
-        return self._shared_step(batch, "test", dataloader_idx)
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_positions = {k: v for k, v in self._eval_positions.items() if k[0] != "val"}
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_positions = {k: v for k, v in self._eval_positions.items() if k[0] != "test"}
-        self._samples = []
-        self.test_results = {}
-        for metric in (self.test_calibration, self.test_nll, self.test_confusion):
-            metric.reset()
-
-    def on_test_epoch_end(self) -> None:
-        """Log ``test_ece``, ``test_nll``, ``test_mean_class_acc`` and fill `test_results`.
-
-        `test_results` (all on the CPU) after a test with integer targets:
-            * ``confusion_matrix``: (C, C) int64, rows = true class, columns = predicted class;
-            * ``per_class_acc``: (C,) float64 percent, ``nan`` for a class absent from the test set;
-            * ``calibration``: the `ExpectedCalibrationError.bins` dict plus ``ece`` (fraction);
-            * ``samples``: ``index`` (K,) int64 position in the test set (of process 0), ``target`` (K,)
-              int64 and ``probs`` (K, C) float32 softmax outputs, for the first test image of each class.
+        Returns:
+            ``None`` when the batch holds only DistributedSampler padding; else, for its N unpadded samples:
+            ``loss`` (scalar), ``logits`` (N, C) detached, ``target`` (N,) int64 class indices (or (N, C)
+            soft targets) and ``position`` (int, the batch's position in this process's test shard: the
+            number of samples of this dataloader before it).
         """
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if int(self.test_nll.total) == 0 and not distributed:
-            return  # no test batch with integer targets
-        confusion = self.test_confusion.compute().cpu()
-        per_class = per_class_accuracy(confusion)
-        ece = self.test_calibration.compute()
-        nll = self.test_nll.compute()
-        mean_class_acc = per_class.nanmean()
-        self.log("test_ece", ece.float(), sync_dist=True)
-        self.log("test_nll", nll.float(), sync_dist=True)
-        self.log("test_mean_class_acc", mean_class_acc.float().to(self.device), sync_dist=True)
-        samples = sorted(self._samples, key=lambda s: s[1])
-        self.test_results = {
-            "confusion_matrix": confusion,
-            "per_class_acc": per_class,
-            "calibration": {**self.test_calibration.bins(), "ece": float(ece)},
-            "samples": {
-                "index": torch.tensor([s[0] for s in samples], dtype=torch.long),
-                "target": torch.tensor([s[1] for s in samples], dtype=torch.long),
-                "probs": torch.stack([s[2] for s in samples]) if samples
-                else torch.empty(0, self.hparams.num_classes),
-            },
-        }
+        return self._eval_step(batch, batch_idx, "test", dataloader_idx)
 
+    @override
+    def on_test_epoch_start(self) -> None:
+        # New state tensors in every process: under ddp_spawn the initial ones are shared memory (the model
+        # is pickled to the processes), where the confusion matrix would add up every process's counts.
+        self.test_metrics.reset()
+
+    @override
     def configure_callbacks(self) -> list[L.Callback]:
         """`History`, `RandomState`, and `TestReport` if ``test_report`` (`crl_lightning.callbacks`), unless present."""
         from crl_lightning.callbacks import History, RandomState, TestReport
@@ -307,14 +232,17 @@ class ImageClassifier(L.LightningModule):
         existing = self._trainer.callbacks if self._trainer is not None else []
         return [cls() for cls in wanted if not any(isinstance(cb, cls) for cb in existing)]
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Softmax probabilities (N, C), float32."""
         images = batch[0] if isinstance(batch, list | tuple) else batch
         return torch.softmax(self(images).float(), dim=1)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["criterion_repr"] = repr(self.criterion)
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("criterion_repr")
         if saved is not None and saved != repr(self.criterion):
@@ -323,6 +251,7 @@ class ImageClassifier(L.LightningModule):
                 "pass the same criterion=... to load_from_checkpoint"
             )
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         if self.optimizer_factory is None:
@@ -342,10 +271,3 @@ class ImageClassifier(L.LightningModule):
             scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-
-def _slice_batch(batch: Any, keep: int, n: int) -> Any:
-    """The first ``keep`` samples of every (n, ...) tensor of a list/tuple batch; other items unchanged."""
-    if not isinstance(batch, list | tuple):
-        return batch
-    items = [b[:keep] if isinstance(b, Tensor) and b.ndim > 0 and b.shape[0] == n else b for b in batch]
-    return type(batch)(items) if isinstance(batch, list) else tuple(items)

@@ -257,10 +257,10 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 def save_test_figures(
     results: dict[str, Any], out_dir: str | Path, class_names: Sequence[str] | None = None
 ) -> dict[str, Path]:
-    """Draw and save the figures of `crl_lightning.ImageClassifier.test_results` as PNG files.
+    """Draw and save the figures of `crl_lightning.callbacks.TestReport.results` as PNG files.
 
     Args:
-        results: ``test_results`` of `ImageClassifier` (any of ``samples``, ``calibration``,
+        results: ``results`` of a `TestReport` after a test (any of ``samples``, ``calibration``,
             ``confusion_matrix`` may be missing; a figure without data is skipped).
         out_dir: folder of the PNG files (created).
         class_names: C class labels, or ``None`` for indices.

@@ -17,13 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 __all__ = [
     "ExactAccuracy",
     "ExpectedCalibrationError",
+    "MeanClassAccuracy",
     "NegativeLogLikelihood",
     "OneOffAccuracy",
+    "PaddingTrimmer",
     "TopKError",
     "classification_metrics",
     "eval_metrics",
@@ -127,7 +129,7 @@ class OneOffAccuracy(Metric):
 
 
 class NegativeLogLikelihood(Metric):
-    """Mean negative log-likelihood ``-log softmax(logits)[target]`` in nats per sample (float64 sums).
+    """Mean negative log-likelihood ``-log softmax(logits)[target]`` in nats per sample (float64 sums, float32 value).
 
     Computed from logits in float32 (``F.cross_entropy``), so it equals the test loss when the
     criterion is plain cross-entropy.
@@ -136,7 +138,7 @@ class NegativeLogLikelihood(Metric):
         num_classes: number of classes C (shape check only).
 
     Shape:
-        update(logits (N, C) float, target (N,) int64) -> compute() scalar >= 0 (``nan`` before any update).
+        update(logits (N, C) float, target (N,) int64) -> compute() float32 scalar >= 0 (``nan`` before any update).
     """
 
     higher_is_better = False
@@ -156,7 +158,7 @@ class NegativeLogLikelihood(Metric):
         self.total += target.numel()
 
     def compute(self) -> Tensor:
-        return self.nll_sum / self.total.double()
+        return (self.nll_sum / self.total.double()).float()
 
 
 class ExpectedCalibrationError(Metric):
@@ -174,7 +176,8 @@ class ExpectedCalibrationError(Metric):
         from_logits: apply softmax to ``preds`` (``False``: ``preds`` are probabilities).
 
     Shape:
-        update(preds (N, C) float, target (N,) int64) -> compute() scalar in [0, 1] (``nan`` before any update).
+        update(preds (N, C) float, target (N,) int64) -> compute() float32 scalar in [0, 1] (float64 sums; ``nan``
+        before any update).
 
     Raises:
         ValueError: ``num_bins < 1`` (construction); bad shapes (update).
@@ -221,7 +224,7 @@ class ExpectedCalibrationError(Metric):
     def compute(self) -> Tensor:
         total = self.count.sum()
         gap = (self.confidence_sum - self.correct_sum).abs()  # n_b * |conf_b - acc_b|
-        return gap.sum() / total
+        return (gap.sum() / total).float()
 
 
 def one_off_accuracy_from_confusion(confusion: Tensor, tolerance: int = 1) -> float:
@@ -258,6 +261,31 @@ def per_class_accuracy(confusion: Tensor) -> Tensor:
     return 100.0 * confusion.diagonal() / confusion.sum(dim=1)
 
 
+class MeanClassAccuracy(MulticlassConfusionMatrix):
+    """Mean of the per-class accuracies in percent, kept as a confusion matrix (which `confusion` returns).
+
+    A class absent from the targets has no accuracy and is left out of the mean (see `per_class_accuracy`).
+    The state is torchmetrics' (C, C) ``confmat`` (rows = true class, columns = predicted class), summed
+    across processes.
+
+    Args:
+        num_classes: number of classes C (and `torchmetrics.classification.MulticlassConfusionMatrix`'s other
+            arguments, ``normalize`` excepted).
+
+    Shape:
+        update(preds (N, C) float, target (N,) int64) -> compute() float32 scalar in [0, 100] (``nan``
+        before any update).
+    """
+
+    def confusion(self) -> Tensor:
+        """The (C, C) int64 confusion matrix on the CPU (synced when distributed), rows = true class."""
+        with self.sync_context(should_sync=self._to_sync):  # a no-op in a single process
+            return self.confmat.detach().cpu().clone()
+
+    def compute(self) -> Tensor:
+        return per_class_accuracy(self.confmat).nanmean().float()
+
+
 def classification_metrics(
     num_classes: int, top_k: tuple[int, ...] = (1, 5), prefix: str = "", validate_args: bool = True
 ) -> MetricCollection:
@@ -278,22 +306,32 @@ def classification_metrics(
 
 
 def eval_metrics(
-    num_classes: int, top_k: tuple[int, ...] = (1, 5), prefix: str = "", ordinal: bool = False
+    num_classes: int,
+    top_k: tuple[int, ...] = (1, 5),
+    prefix: str = "",
+    ordinal: bool = False,
+    calibration_bins: int | None = None,
 ) -> MetricCollection:
-    """Validation/test metrics: top-k errors, and exact and one-off accuracy for ordinal tasks.
+    """Validation/test metrics: top-k errors, exact and one-off accuracy for ordinal tasks, test-only extras.
 
-    Names: ``{prefix}top{k}_err`` for each k and, with ``ordinal``, ``{prefix}exact_acc`` and
-    ``{prefix}one_off_acc`` (all percent; `TopKError`, `ExactAccuracy`, `OneOffAccuracy`).
+    Names: ``{prefix}top{k}_err`` for each k; with ``ordinal``, ``{prefix}exact_acc`` and ``{prefix}one_off_acc``
+    (all percent; `TopKError`, `ExactAccuracy`, `OneOffAccuracy`); with ``calibration_bins``, ``{prefix}ece``
+    (fraction, `ExpectedCalibrationError` with that many bins), ``{prefix}nll`` (nats, `NegativeLogLikelihood`)
+    and ``{prefix}mean_class_acc`` (percent, `MeanClassAccuracy`).
 
     Torchmetrics' target-range checks are off (they cost a device-to-host sync per batch).
 
     Raises:
-        ValueError: any k outside ``[1, num_classes]``.
+        ValueError: any k outside ``[1, num_classes]``, or ``calibration_bins < 1``.
     """
     metrics: dict[str, Metric] = {f"top{k}_err": TopKError(num_classes, k, validate_args=False) for k in top_k}
     if ordinal:
         metrics["exact_acc"] = ExactAccuracy(num_classes, validate_args=False)
         metrics["one_off_acc"] = OneOffAccuracy(num_classes, tolerance=1)
+    if calibration_bins is not None:
+        metrics["ece"] = ExpectedCalibrationError(num_classes, num_bins=calibration_bins)
+        metrics["nll"] = NegativeLogLikelihood(num_classes)
+        metrics["mean_class_acc"] = MeanClassAccuracy(num_classes, validate_args=False)
     return MetricCollection(metrics, prefix=prefix)
 
 
@@ -305,9 +343,9 @@ def unpadded_sample_count(dataloader: Any) -> int | None:
     first samples so the W shards have equal length, and process ``r`` reads global positions
     ``r, r + W, r + 2W, ...``. Positions ``>= N`` are the padding, so the real samples of process ``r``
     are its first ``len(range(r, N, W))``, and the padding (at most one sample) is at the end of its last
-    batch. `ImageClassifier` drops that tail, so each sample counts once in the synced metrics. Samplers
-    that do not pad (Lightning's ``UnrepeatedDistributedSampler``, ``drop_last=True``) need no cut; for
-    them the count equals ``len(sampler)``.
+    batch. `PaddingTrimmer` cuts that tail off the eval batches of `ImageClassifier`, so each sample counts
+    once in the synced metrics. Samplers that do not pad (Lightning's ``UnrepeatedDistributedSampler``,
+    ``drop_last=True``) need no cut; for them the count equals ``len(sampler)``.
 
     Args:
         dataloader: a `torch.utils.data.DataLoader` (its ``batch_sampler.sampler`` or ``sampler`` is read).
@@ -323,3 +361,58 @@ def unpadded_sample_count(dataloader: Any) -> int | None:
         return None
     real = len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
     return min(real, sampler.num_samples)
+
+
+class PaddingTrimmer:
+    """Cut the duplicates a `DistributedSampler` pads onto the end of a process's eval shard off its batches.
+
+    Call it on every batch of an evaluation pass, in order. A batch with ``batch_idx == 0`` starts a new pass
+    and reads `unpadded_sample_count` of its dataloader; later batches continue the count. The padding sits
+    at the end of the shard, so the cut falls in the last batch (or drops the last batch whole). Without a
+    padding sampler every batch comes back unchanged.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> data = TensorDataset(torch.arange(10), torch.arange(10) % 3)
+        >>> sampler = DistributedSampler(data, num_replicas=4, rank=3, shuffle=False)  # 3, 7, a copy of 1
+        >>> loader, trim = DataLoader(data, batch_size=2, sampler=sampler), PaddingTrimmer()
+        >>> [trim(batch, i, loader) for i, batch in enumerate(loader)]
+        [(0, [tensor([3, 7]), tensor([0, 1])]), (2, None)]
+    """
+
+    def __init__(self) -> None:
+        self._limit: int | None = None
+        self._seen = 0
+
+    def __call__(
+        self, batch: list | tuple, batch_idx: int, dataloaders: Any, dataloader_idx: int = 0
+    ) -> tuple[int, list | tuple | None]:
+        """The batch's position in this process's shard, and the batch without its padded samples.
+
+        Args:
+            batch: a list or tuple whose first item is an (N, ...) tensor (the images).
+            batch_idx: index of the batch in its pass over the dataloader (0 starts a new pass).
+            dataloaders: the dataloader of the pass, or the list/dict of them as ``trainer.test_dataloaders``
+                gives them, or ``None`` (nothing is cut).
+            dataloader_idx: which of ``dataloaders`` the batch comes from.
+
+        Returns:
+            ``(position, batch)``: the number of samples of the pass before this batch, and the batch with
+            every (N, ...) tensor cut to its unpadded samples (the same object when none is padding), or
+            ``None`` when all N are padding.
+        """
+        if batch_idx == 0:
+            if isinstance(dataloaders, dict):
+                dataloaders = list(dataloaders.values())
+            if isinstance(dataloaders, list | tuple):
+                dataloaders = dataloaders[dataloader_idx] if dataloader_idx < len(dataloaders) else None
+            self._limit, self._seen = unpadded_sample_count(dataloaders), 0
+        n = batch[0].shape[0]
+        position, self._seen = self._seen, self._seen + n
+        keep = n if self._limit is None else max(0, min(n, self._limit - position))
+        if keep == n:
+            return position, batch
+        if keep == 0:
+            return position, None
+        items = [b[:keep] if isinstance(b, Tensor) and b.ndim > 0 and b.shape[0] == n else b for b in batch]
+        return position, type(batch)(items) if isinstance(batch, list) else tuple(items)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,15 +25,6 @@ needs_real_adience = pytest.mark.skipif(
 needs_real_cub = pytest.mark.skipif(
     not (REAL_CUB / "train_test_split.txt").is_file(), reason=f"real CUB metadata not found in {REAL_CUB}"
 )
-
-
-@pytest.fixture
-def one_thread():
-    """Run the test with one intra-op thread (tiny CPU models; avoids OpenMP spin-waits on a busy host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_jpeg(path: Path, size: tuple[int, int] = (16, 16), mode: str = "RGB", seed: int = 0) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from data_fixtures import CONFIGS, one_thread, write_adience  # noqa: F401 (one_thread: fixture)
+from data_fixtures import CONFIGS, write_adience
 
 from crl_lightning.classifier import ImageClassifier
 from crl_lightning.cli import main

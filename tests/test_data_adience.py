@@ -13,7 +13,6 @@ from data_fixtures import (
     REAL_ADIENCE,
     adience_user,
     needs_real_adience,
-    one_thread,  # noqa: F401 (fixture)
     write_adience,
 )
 

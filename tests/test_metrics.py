@@ -16,12 +16,15 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassCalibrationError
 
 from crl_lightning import ImageClassifier
+from crl_lightning.callbacks import TestReport
 from crl_lightning.losses import CrossEntropyLoss
 from crl_lightning.metrics import (
     ExactAccuracy,
     ExpectedCalibrationError,
+    MeanClassAccuracy,
     NegativeLogLikelihood,
     OneOffAccuracy,
+    PaddingTrimmer,
     TopKError,
     classification_metrics,
     eval_metrics,
@@ -122,6 +125,8 @@ def test_eval_metrics_names():
     assert set(eval_metrics(8, (1, 5), "test_", ordinal=True).keys(keep_base=False)) == {
         "test_top1_err", "test_top5_err", "test_exact_acc", "test_one_off_acc"}
     assert set(eval_metrics(8, (1,), "val_").keys(keep_base=False)) == {"val_top1_err"}
+    assert set(eval_metrics(8, (1,), "test_", calibration_bins=15).keys(keep_base=False)) == {
+        "test_top1_err", "test_ece", "test_nll", "test_mean_class_acc"}
 
 
 # ----- calibration, NLL, per-class --------------------------------------------------------------------
@@ -168,6 +173,17 @@ def test_per_class_accuracy_with_an_absent_class():
     assert acc[2].item() == pytest.approx(50.0)
 
 
+def test_mean_class_accuracy_leaves_out_an_absent_class():
+    confusion = torch.tensor([[3, 1, 0], [0, 0, 0], [1, 1, 2]])
+    target, pred = samples_from_confusion(confusion)
+    metric = MeanClassAccuracy(3)
+    metric.update(one_hot_logits(pred[:5], 3), target[:5])
+    metric.update(one_hot_logits(pred[5:], 3), target[5:])
+    assert metric.compute().item() == pytest.approx((75.0 + 50.0) / 2)
+    assert metric.compute().dtype == torch.float32
+    assert metric.confusion().tolist() == confusion.tolist()
+
+
 # ----- DistributedSampler padding ---------------------------------------------------------------------
 @pytest.mark.parametrize("n", [10, 11, 12, 3])
 @pytest.mark.parametrize("world", [1, 3, 4])
@@ -180,6 +196,22 @@ def test_unpadded_sample_count_keeps_every_sample_once(n, world):
         assert count <= len(sampler)
         kept += list(sampler)[:count]
     assert sorted(kept) == list(range(n))
+
+
+def test_padding_trimmer_restarts_with_each_pass_and_dataloader():
+    data = make_data(10)
+    padded = DataLoader(data, batch_size=3, sampler=DistributedSampler(data, num_replicas=4, rank=3, shuffle=False))
+    plain = DataLoader(data, batch_size=4)
+    trim = PaddingTrimmer()
+    for loaders, index in ((padded, 0), ([plain, padded], 1), ({"a": padded}, 0)):
+        ((position, batch),) = [trim(b, i, loaders, index) for i, b in enumerate(padded)]  # one batch: 3, 7, 1
+        assert position == 0 and [t.tolist() for t in batch] == [t[[3, 7]].tolist() for t in data.tensors]
+    trim(next(iter(plain)), 0, plain)  # a pass over an unpadded loader keeps everything
+    batch = (torch.zeros(2), torch.zeros(5), "name")
+    position, kept = trim(batch, 1, plain)
+    assert position == 4 and kept is batch
+    kept = trim((torch.zeros(3), torch.ones(3), "name"), 0, padded)[1]
+    assert isinstance(kept, tuple) and kept[0].shape == (2,) and kept[1].tolist() == [1.0, 1.0] and kept[2] == "name"
 
 
 def test_unpadded_sample_count_other_samplers():
@@ -232,10 +264,11 @@ def test_classifier_ignores_padded_duplicates_of_a_distributed_sampler(tmp_path)
     sampler = DistributedSampler(data, num_replicas=4, rank=3, shuffle=False)
     assert list(sampler) == [3, 7, 1]
     model = TinyClassifier(num_classes=10, in_chans=1, test_report=False)
+    report = TestReport(figures=False, dirpath=tmp_path)
     for batch_size in (2, 3):  # the duplicate alone in a last batch, or at the end of a batch
-        (result,) = trainer(tmp_path).test(model, DataLoader(data, sampler=sampler, batch_size=batch_size),
-                                           verbose=False)
-        assert int(model.test_results["confusion_matrix"].sum()) == 2
+        (result,) = trainer(tmp_path, callbacks=[report]).test(
+            model, DataLoader(data, sampler=sampler, batch_size=batch_size), verbose=False)
+        assert int(report.results["confusion_matrix"].sum()) == 2
         with torch.no_grad():
             model.eval()
             x, y = data.tensors[0][[3, 7]], data.tensors[1][[3, 7]]
@@ -262,13 +295,14 @@ def test_ordinal_classifier_logs_exact_and_one_off_accuracy(tmp_path):
 def test_test_only_metrics_and_results(tmp_path):
     model = TinyClassifier(num_classes=10, in_chans=1, criterion=CrossEntropyLoss(), test_report=False)
     data = make_data(200)
-    t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    report = TestReport(figures=False, dirpath=tmp_path)
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[report])
     t.fit(model, DataLoader(data, batch_size=32), DataLoader(data, batch_size=50))
     assert not any(k.endswith(("ece", "nll", "class_acc")) for k in t.callback_metrics)  # test only
     (result,) = t.test(model, DataLoader(data, batch_size=64), verbose=False)
     assert result["test_nll"] == pytest.approx(result["test_loss"], rel=1e-5)  # NLL is the CE loss
     assert 0.0 <= result["test_ece"] <= 1.0
-    res = model.test_results
+    res = report.results
     confusion = res["confusion_matrix"]
     assert confusion.shape == (10, 10) and int(confusion.sum()) == 200
     assert 100.0 * (1 - confusion.diagonal().sum() / 200).item() == pytest.approx(result["test_top1_err"], rel=1e-5)
@@ -330,3 +364,7 @@ def test_ddp_eval_counts_each_sample_once(tmp_path):
     with torch.no_grad():
         reference = model.criterion(model(data.tensors[0]), data.tensors[1]).item()
     assert result["test_loss"] == pytest.approx(reference, rel=1e-5)
+    # every synced test metric and the confusion matrix as one process that sees all 10 samples
+    (single,) = trainer(tmp_path / "one").test(model, DataLoader(data, batch_size=2), verbose=False)
+    assert result == pytest.approx(single, rel=1e-5)
+    assert (tmp_path / "confusion_matrix.csv").read_text() == (tmp_path / "one" / "confusion_matrix.csv").read_text()
