@@ -105,9 +105,9 @@ def reference(name: str, logits, target, weight=None, ignore_index=-100, reducti
     return losses.sum() / denom
 
 
-def build(name: str, weight=None, ignore_index=-100, reduction="mean"):
+def build(name: str, weight=None, ignore_index=-100, reduction="mean", **extra):
     spec = SPECS[name]
-    kwargs = dict(spec.kwargs, ignore_index=ignore_index, reduction=reduction)
+    kwargs = dict(spec.kwargs, ignore_index=ignore_index, reduction=reduction, **extra)
     if weight is not None:
         kwargs[spec.weight_arg] = weight
     return create_criterion(name, **kwargs)
@@ -123,9 +123,9 @@ def batch(seed: int = 0, n: int = 7, dtype=torch.float64):
 
 
 def assert_value_and_grad(name, logits, target, weight=None, ignore_index=-100, reduction="mean", rtol=1e-9,
-                          atol=1e-10):
+                          atol=1e-10, **extra):
     x = logits.clone().requires_grad_(True)
-    out = build(name, weight, ignore_index, reduction)(x, target)
+    out = build(name, weight, ignore_index, reduction, **extra)(x, target)
     x_ref = logits.double().clone().requires_grad_(True)
     want = reference(name, x_ref, target, weight, ignore_index, reduction)
     assert out.shape == want.shape
@@ -217,6 +217,17 @@ def test_mean_denominators_differ_as_documented():
         mean = build(name, WEIGHT, reduction="mean")(logits, target)
         denom = 5 * 3.0 if SPECS[name].mean_by_weight else 5
         torch.testing.assert_close(mean, per_row.sum() / denom, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_crl_plain_autograd_path_has_the_same_options(reduction):
+    """``fused=False`` (CRL's reference path, also taken with label smoothing or soft targets)."""
+    logits, _ = batch(seed=9)
+    target = torch.tensor([3, -100, 1, 0, -100, 3, 4])
+    for weight in (None, WEIGHT):
+        assert_value_and_grad("crl", logits, target, weight, reduction=reduction, fused=False)
+    out = build("crl", reduction=reduction, fused=False)(logits, torch.full((7,), -100))
+    assert out.abs().sum() == 0
 
 
 @pytest.mark.parametrize("name", NAMES)
