@@ -18,7 +18,7 @@ from data_fixtures import (
     write_adience,
 )
 
-from crl_lightning.cli import main
+from crl_lightning.cli import build_cli
 from crl_lightning.data import AdienceDataModule
 from crl_lightning.data.adience import (
     ADIENCE_AGE_GROUPS,
@@ -224,19 +224,28 @@ def test_too_few_subjects_for_val_split(adience):
 
 @pytest.mark.usefixtures("one_thread")
 def test_cli_fast_dev_run_on_fold_2(adience, tmp_path):
-    root, _ = adience
-    main([
+    root, written = adience
+    cli = build_cli([
         "fit", "--config", str(CONFIGS / "adience_age_crl.yaml"), "--data.fold", "2", "--trainer.fast_dev_run", "1",
         "--data.data_dir", str(root), "--data.image_size", "32", "--data.batch_size", "4",
         "--data.num_workers", "0", "--data.pin_memory", "false", "--trainer.accelerator", "cpu",
         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
     ])
+    assert cli.trainer.global_step == 1 and cli.model.hparams.num_classes == 8
+    # test_after_fit (no checkpoint under fast_dev_run: the weights in memory) on the first 4 faces of fold 2
+    images, target = next(iter(cli.datamodule.test_dataloader()))
+    assert target.tolist() == [ADIENCE_GROUPS.index(r["age"]) for r in written[2][:4]]
+    model = cli.model.eval()
+    with torch.no_grad():
+        predicted = model(images).argmax(dim=1)
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert metrics["test_top1_err"] == pytest.approx(25.0 * int((predicted != target).sum()))
+    assert metrics["test_exact_acc"] == pytest.approx(100.0 - metrics["test_top1_err"])
+    assert metrics["test_one_off_acc"] == pytest.approx(25.0 * int(((predicted - target).abs() <= 1).sum()))
 
 
 @pytest.mark.usefixtures("one_thread")
 def test_cli_gender_config_links_two_classes(adience, tmp_path):
-    from crl_lightning.cli import build_cli
-
     root, _ = adience
     cli = build_cli([
         "fit", "--config", str(CONFIGS / "adience_gender_crl.yaml"), "--trainer.fast_dev_run", "1",
