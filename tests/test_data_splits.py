@@ -1,4 +1,5 @@
-"""Subject-exclusive k-fold and train/val splits (crl_lightning.data.splits)."""
+"""Splits: subject-exclusive k-fold and train/val (crl_lightning.data.splits), stratified to within one sample
+of exact on a skewed data set with a rare class; the seeded stratified val split of `ImageDataModule`."""
 
 from __future__ import annotations
 
