@@ -1,12 +1,14 @@
 """Tiny datasets written in the exact on-disk formats of SVHN, CUB-200-2011, Adience and ImageNet.
 
 Every writer returns what it wrote (paths, labels) so tests can assert exact values. Images are tiny
-(16x16 by default) JPEGs written with PIL. ``REAL_DATA`` is the shared folder of real metadata
-(``/work/shared/data`` beside the repository); tests that read it skip when it is absent.
+(16x16 by default) JPEGs written with PIL. ``REAL_DATA`` is the shared folder of real metadata:
+``../shared/data`` beside the repository, or the folder named by the environment variable
+``CRL_SHARED_DATA``; tests that read it skip when it is absent, saying what to put where.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +17,23 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "examples" / "configs"
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DATA = Path(os.environ.get("CRL_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 REAL_ADIENCE = REAL_DATA / "adience"
 REAL_CUB = REAL_DATA / "cub" / "CUB_200_2011"
 
 needs_real_adience = pytest.mark.skipif(
-    not (REAL_ADIENCE / "fold_0_data.txt").is_file(), reason=f"real Adience fold files not found in {REAL_ADIENCE}"
+    not all((REAL_ADIENCE / f"fold_{k}_data.txt").is_file() for k in range(5)),
+    reason=f"real Adience fold files not found: put fold_0_data.txt .. fold_4_data.txt (the five official "
+    f"fold files of the Adience benchmark, license-gated: https://talhassner.github.io/home/projects/Adience/"
+    f"Adience-data.html; no images needed) in {REAL_ADIENCE}, i.e. ../shared/data/adience beside the "
+    f"repository, or set CRL_SHARED_DATA to a folder holding adience/",
 )
 needs_real_cub = pytest.mark.skipif(
-    not (REAL_CUB / "train_test_split.txt").is_file(), reason=f"real CUB metadata not found in {REAL_CUB}"
+    not all((REAL_CUB / name).is_file() for name in ("image_class_labels.txt", "train_test_split.txt")),
+    reason=f"real CUB metadata not found: put image_class_labels.txt and train_test_split.txt from "
+    f"CUB_200_2011.tgz (https://data.caltech.edu/records/65de6-vp158; no images needed) in {REAL_CUB}, "
+    f"i.e. ../shared/data/cub/CUB_200_2011 beside the repository, or set CRL_SHARED_DATA to a folder holding "
+    f"cub/CUB_200_2011/",
 )
 
 

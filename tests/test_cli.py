@@ -3,6 +3,7 @@ checkpoint round-trip, and a user subclass."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 import yaml
 
 from crl_lightning import ImageClassifier
-from crl_lightning.cli import main
+from crl_lightning.cli import build_cli, main
 from crl_lightning.losses import CompetingRatioLoss, FocalLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,19 @@ def print_config(args: list[str], capsys) -> dict:
 
 
 def test_fit_fast_dev_run_on_digits(tmp_path):
-    main(["fit", "--config", DIGITS, *fast(tmp_path), "--trainer.fast_dev_run", "1"])
+    cli = build_cli(["fit", "--config", DIGITS, *fast(tmp_path), "--trainer.fast_dev_run", "1"])
+    trainer, model = cli.trainer, cli.model
+    assert trainer.global_step == 1 and not list(tmp_path.rglob("*.ckpt"))  # fast_dev_run saves nothing
+    # one step from the initial weights: predictions still near uniform, where CRL(1.5, 1) is
+    # log 10 + log(1.5 + 1 - 1/10) = 3.18 (cross-entropy alone would be log 10 = 2.30)
+    assert abs(float(trainer.callback_metrics["train_loss"]) - (math.log(10) + math.log(2.4))) < 0.3
+    # val_top1_err: percent wrong on the one validation batch of 64, recounted here
+    images, target = next(iter(cli.datamodule.val_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        wrong = int((model(images).argmax(dim=1) != target).sum())
+    assert len(target) == 64 and float(trainer.callback_metrics["val_top1_err"]) == pytest.approx(100 * wrong / 64)
+    assert "test_top1_err" not in trainer.callback_metrics  # --test_after_fit false
 
 
 def test_print_config_round_trips(tmp_path, capsys):
@@ -122,9 +135,12 @@ def test_checkpoint_loads_with_either_compile_setting():
 
 def test_subclass_runs_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    main(["fit", "--config", DIGITS, *fast(tmp_path), "--trainer.fast_dev_run", "1",
-          "--model", "subclass_classifier.ConfidencePenaltyClassifier", "--model.init_args.penalty", "0.2"])
+    cli = build_cli(["fit", "--config", DIGITS, *fast(tmp_path), "--trainer.fast_dev_run", "1",
+                     "--model", "subclass_classifier.ConfidencePenaltyClassifier", "--model.init_args.penalty", "0.2"])
     from subclass_classifier import ConfidencePenaltyClassifier
+
+    assert type(cli.model) is ConfidencePenaltyClassifier and cli.model.penalty == 0.2
+    assert isinstance(cli.model.criterion, CompetingRatioLoss) and cli.trainer.global_step == 1
 
     model = ConfidencePenaltyClassifier(penalty=0.5, backbone="preact_resnet20", num_classes=10, in_chans=1)
     logits, target = torch.zeros(4, 10), torch.tensor([0, 1, 2, 3])

@@ -53,14 +53,10 @@ def test_registry_lists_exactly_the_counted_networks():
 @pytest.mark.parametrize("column", [0, 1], ids=["cifar10", "cifar100"])
 def test_exact_parameter_counts(name, column):
     num_classes = (10, 100)[column]
-    assert n_params(create_backbone(name, num_classes)) == PARAMS[name][column]
-
-
-@pytest.mark.parametrize("name", sorted(PUBLISHED_M))
-def test_counts_round_to_the_published_figures(name):
-    millions = PARAMS[name][0] / 1e6
-    digits = 2 if PUBLISHED_M[name] < 1 else 1
-    assert round(millions, digits) == PUBLISHED_M[name]
+    count = n_params(create_backbone(name, num_classes))
+    assert count == PARAMS[name][column]
+    if column == 0 and name in PUBLISHED_M:  # the built network's count rounds to the published figure
+        assert round(count / 1e6, 2 if PUBLISHED_M[name] < 1 else 1) == PUBLISHED_M[name]
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet34", "preact_resnet164", "cifar_vgg16_bn", "cifar_vgg19_bn"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crl_lightning.losses import functional as LF
@@ -133,7 +134,10 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         super().__init__(weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return super().forward(LF._compute_dtype(logits), target)
+        x = LF._compute_dtype(logits)
+        weight = self.weight if self.weight is None else self.weight.to(x.dtype)  # float64 logits: float64 weight
+        return F.cross_entropy(x, target, weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing)
 
 
 @register_criterion("ls_ce")
