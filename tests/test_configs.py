@@ -168,14 +168,18 @@ def print_config(args: list[str], capsys) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def top1_err(model: torch.nn.Module, loader, batches: int | None = None) -> float:
-    """Percent of wrong top-1 predictions of ``model`` (eval mode) on the first ``batches`` of ``loader``."""
+def top1_err(model: torch.nn.Module, loader, batches: int | None = None, datamodule=None) -> float:
+    """Percent of wrong top-1 predictions of ``model`` (eval mode) on the first ``batches`` of ``loader``.
+
+    ``datamodule``: its ``on_after_batch_transfer`` is applied to each batch (uint8 batches normalised there).
+    """
     model.eval()
     wrong = total = 0
     with torch.no_grad():
-        for k, (images, target) in enumerate(loader):
+        for k, batch in enumerate(loader):
             if batches is not None and k == batches:
                 break
+            images, target = datamodule.on_after_batch_transfer(batch, 0) if datamodule is not None else batch
             wrong += int((model(images).argmax(dim=1) != target).sum())
             total += len(target)
     return 100.0 * wrong / total
@@ -325,7 +329,7 @@ def test_experiment_fast_dev_run_on_fixture_data(path, tmp_path, monkeypatch):
     # after one step of lr 0.1 on 2 images, and may be NaN for the ImageNet-style nets, which argmax
     # and the metric both count as class 0; what is checked is that the metric counts what it says)
     loader = cli.datamodule.val_dataloader()
-    assert float(metrics["val_top1_err"]) == pytest.approx(top1_err(model, loader, batches=1))
+    assert float(metrics["val_top1_err"]) == pytest.approx(top1_err(model, loader, 1, cli.datamodule))
 
 
 # ----- the quick-start config (cifar10_resnet_crl.yaml) -------------------------------------------
