@@ -41,12 +41,14 @@ class ImageClassifier(L.LightningModule):
     The duplicates a `torch.utils.data.DistributedSampler` pads onto the ends of the val/test shards are cut
     from the batches (`crl_lightning.metrics.PaddingTrimmer`), so each sample counts once.
 
-    Callbacks it adds, unless the trainer has one: `crl_lightning.callbacks.History` (``history.csv``),
-    `crl_lightning.callbacks.RandomState` (the random generators' states travel with the checkpoints, so a
-    run resumed from an epoch-end checkpoint repeats the uninterrupted one) and, with ``test_report``,
-    `crl_lightning.callbacks.TestReport`, fed by what `test_step` returns: it writes ``test_metrics.json``
-    (read by ``crl compare``), ``confusion_matrix.csv`` and ``figures/*.png`` into the run directory after
-    every test, and keeps that data in Python as ``TestReport.results``.
+    Callbacks it adds, unless the trainer has one: `crl_lightning.guard.NonFiniteGuard` (a NaN or infinite
+    training loss stops training with an error naming the step), `crl_lightning.callbacks.History`
+    (``history.csv``), `crl_lightning.callbacks.RandomState` (the random generators' states travel with the
+    checkpoints, so a run resumed from an epoch-end checkpoint repeats the uninterrupted one) and, with
+    ``test_report``, `crl_lightning.callbacks.TestReport`, fed by what `test_step` returns: it writes
+    ``test_metrics.json`` (read by ``crl compare``), ``confusion_matrix.csv`` and ``figures/*.png`` into the
+    run directory after every test, and keeps that data in Python as ``TestReport.results``. A ``ValueError``
+    of the criterion during training (e.g. a class index out of range, checked on the CPU) names the step.
 
     Extension points (override one, not ``training_step``):
         * `build_backbone` -- how the network (and its head) is built;
@@ -168,7 +170,10 @@ class ImageClassifier(L.LightningModule):
         images, target = batch[0], batch[1]
         logits = self(images)
         n = images.shape[0]
-        loss = self.compute_loss(logits, target, batch)
+        try:
+            loss = self.compute_loss(logits, target, batch)
+        except ValueError as err:  # e.g. a class index out of range: say where
+            raise ValueError(f"training step {self.global_step} (batch {batch_idx}): {err}") from err
         self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=n, prog_bar=True)
         if target.ndim == 1:
             self.train_metrics.update(logits.detach(), target)
@@ -225,10 +230,11 @@ class ImageClassifier(L.LightningModule):
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
-        """`History`, `RandomState`, and `TestReport` if ``test_report`` (`crl_lightning.callbacks`), unless present."""
+        """`NonFiniteGuard`, `History`, `RandomState`, and `TestReport` if ``test_report``, unless present."""
         from crl_lightning.callbacks import History, RandomState, TestReport
+        from crl_lightning.guard import NonFiniteGuard
 
-        wanted = [History, RandomState] + ([TestReport] if self.hparams.get("test_report", True) else [])
+        wanted = [NonFiniteGuard, History, RandomState] + [TestReport] * bool(self.hparams.get("test_report", True))
         existing = self._trainer.callbacks if self._trainer is not None else []
         return [cls() for cls in wanted if not any(isinstance(cb, cls) for cb in existing)]
 
