@@ -8,6 +8,7 @@ The DataModule's ``num_classes`` and ``in_chans`` are linked into the model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,12 +19,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from crl_lightning.callbacks import configure_wandb_loggers
 from crl_lightning.classifier import ImageClassifier
 from crl_lightning.data.base import ImageDataModule
+from crl_lightning.files import newest_last_checkpoint
 
-__all__ = ["CRLCLI", "EXTRA_COMMANDS", "build_cli", "console_main", "main", "weights_to_test"]
+__all__ = ["CRLCLI", "EXTRA_COMMANDS", "build_cli", "console_main", "main", "resolve_ckpt_path", "weights_to_test"]
 
 
 class CRLCLI(LightningCLI):
-    """LightningCLI with data -> model links and ``--test_after_fit`` (test the best checkpoint after fit)."""
+    """LightningCLI with data -> model links, ``--test_after_fit`` and ``--ckpt_path last`` (`resolve_ckpt_path`)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -36,10 +38,37 @@ class CRLCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand)
+        config = self.config_init[self.subcommand]
+        config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), self.trainer.default_root_dir)
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=weights_to_test(self.trainer))
+
+
+def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> str | None:
+    """``--ckpt_path`` as ``crl`` passes it to Lightning: ``"last"`` is the newest ``last.ckpt`` under ``root``.
+
+    Every ``crl fit`` logs into a new folder (``lightning_logs/version_N``), where Lightning's own ``"last"``
+    looks, so it would find nothing and start afresh. Here ``"last"`` is `newest_last_checkpoint` of ``root``
+    (``trainer.default_root_dir``), over all run folders: with ``ModelCheckpoint(save_last=True)`` (the example
+    configs), the end of the last epoch that a killed or finished run completed, from which the resumed run
+    repeats the uninterrupted one bit for bit (see `crl_lightning.callbacks.RandomState`). Mid-epoch checkpoints
+    (Lightning's ``OnExceptionCheckpoint``, SLURM's ``hpc_ckpt_N.ckpt``) are not named ``last.ckpt`` and are not
+    taken. Any other value is returned unchanged.
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` is ``"last"`` and there is no ``last.ckpt`` under ``root``.
+    """
+    if ckpt_path != "last":
+        return ckpt_path
+    last = newest_last_checkpoint(root)
+    if last is None:
+        raise FileNotFoundError(
+            f"ckpt_path: expected a last.ckpt under trainer.default_root_dir ({root}) to resume from, found none; "
+            "a ModelCheckpoint with save_last: true writes one at every epoch end (start without --ckpt_path)"
+        )
+    return str(last)
 
 
 def weights_to_test(trainer: L.Trainer) -> str | None:

@@ -1,4 +1,4 @@
-"""Result files written atomically, so that a crash or a kill never leaves a half-written file behind."""
+"""Result files written atomically (a crash or a kill never leaves a half-written one), and the checkpoint to resume."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_text_atomic"]
+__all__ = ["newest_last_checkpoint", "write_text_atomic"]
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -41,3 +41,17 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def newest_last_checkpoint(root: str | Path) -> Path | None:
+    """The most recently modified ``last.ckpt`` anywhere under ``root``, or ``None`` when there is none.
+
+    ``ModelCheckpoint(save_last=True)`` (every example config) writes ``last.ckpt`` at the end of every epoch
+    into the run's ``checkpoints/`` folder, and each run gets a new folder (``lightning_logs/version_N``,
+    a W&B run id): this finds the latest one over all of them.
+
+    Args:
+        root: the folder searched recursively, e.g. ``trainer.default_root_dir``.
+    """
+    root = Path(root)
+    return max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, default=None) if root.is_dir() else None

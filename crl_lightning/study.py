@@ -43,7 +43,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from crl_lightning.files import write_text_atomic
+from crl_lightning.files import newest_last_checkpoint, write_text_atomic
 from crl_lightning.statistics import paired_comparison, summarize
 
 __all__ = ["METRICS", "PairingFingerprint", "criterion_arguments", "main", "parse_seeds", "run_study", "study_report"]
@@ -192,8 +192,8 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
                          f"{record.get('args')}; use another --out, or delete the folder to redo it")
     if record is not None and record.get("status") == "done":
         return record
-    checkpoints = sorted(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) if run_dir.exists() else []
-    resume = str(checkpoints[-1]) if checkpoints else None
+    last = newest_last_checkpoint(run_dir)
+    resume = str(last) if last is not None else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run without a checkpoint: redo it from scratch
     _write_json(marker, {"status": "running", "args": args})

@@ -24,8 +24,8 @@ def test_fit_then_test_writes_exactly_the_report_files_and_keys(tmp_path):
                      "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2"])
     run = tmp_path / "lightning_logs" / "version_0"
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) == sorted([
-        "checkpoints/epoch=0-step=2.ckpt", "config.yaml", "hparams.yaml", "metrics.csv", "history.csv",
-        METRICS_FILENAME, "confusion_matrix.csv", *FIGURES])
+        "checkpoints/epoch=0-step=2.ckpt", "checkpoints/last.ckpt", "config.yaml", "hparams.yaml", "metrics.csv",
+        "history.csv", METRICS_FILENAME, "confusion_matrix.csv", *FIGURES])
     record = json.loads((run / METRICS_FILENAME).read_text())
     assert set(record) == {"format", "created", "dataset", "backbone", "criterion", "seed", "metrics",
                            "per_class_acc", "class_names", "num_samples", "ckpt_path", "files", "config"}

@@ -210,6 +210,18 @@ def test_every_data_class_has_a_fixture(path):
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=_id)
+def test_every_experiment_saves_last_ckpt_at_every_epoch_end(path):
+    """What ``crl fit ... --ckpt_path last`` resumes from: the end of the last finished epoch (exact resume)."""
+    listed = _load(path)["trainer"]["callbacks"]
+    callbacks = {cb["class_path"].rsplit(".", 1)[-1]: cb.get("init_args") or {} for cb in listed}
+    assert callbacks["ModelCheckpoint"]["save_last"] is True
+    mid_epoch = {"monitor", "every_n_train_steps", "train_time_interval", "save_on_exception"}
+    assert not [key for key, value in callbacks["ModelCheckpoint"].items() if key in mid_epoch and value]
+    assert callbacks["ModelCheckpoint"].get("every_n_epochs", 1) == 1
+    assert "OnExceptionCheckpoint" not in callbacks  # Lightning would resume every fit from its mid-epoch file
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=_id)
 def test_every_experiment_is_documented_in_examples_readme(path):
     text = README.read_text()
     assert f"examples/configs/{_id(path)}" in text, f"{_id(path)} has no command in {README}"
