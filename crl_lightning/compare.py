@@ -48,16 +48,20 @@ def find_metric_files(paths: Iterable[str | Path]) -> list[Path]:
 def load_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Read the metrics files under ``paths``; each record gets its own ``path``.
 
+    A file that is not valid JSON (e.g. cut short by a crash of a writer that did not write atomically) is
+    skipped, with a ``warning:`` line on stderr that names it.
+
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: a file that is not a test metrics file (the message names it).
+        ValueError: a JSON file that is not a test metrics file (the message names it).
     """
     records = []
     for path in find_metric_files(paths):
         try:
             record = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: expected JSON, got a parse error: {err}") from err
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            print(f"warning: skipping {path}: expected JSON, got a parse error: {err}", file=sys.stderr)
+            continue
         missing = [k for k in ("dataset", "backbone", "criterion", "metrics") if k not in record]
         if missing:
             raise ValueError(f"{path}: expected the keys dataset, backbone, criterion, metrics; missing {missing}")

@@ -79,6 +79,16 @@ def test_compare_errors(two_run_folders, tmp_path, capsys):
         load_records([tmp_path / "bad"])
 
 
+def test_compare_names_and_skips_a_truncated_metrics_file(two_run_folders, capsys):
+    cut = two_run_folders[0] / "lightning_logs" / "version_1" / METRICS_FILENAME  # CE seed 1, 6.7
+    cut.write_text(cut.read_text()[:50])
+    crl(["compare", *map(str, two_run_folders)])
+    captured = capsys.readouterr()
+    (warning,) = captured.err.splitlines()
+    assert warning.startswith(f"warning: skipping {cut}: expected JSON, got a parse error: ")
+    assert "| CIFAR10 / cifar_resnet34 | 6.50 (n=1) | 6.00 ± 0.10 (n=3) |" in captured.out
+
+
 def test_compare_warns_on_a_repeated_seed(two_run_folders, tmp_path, capsys):
     write_run(tmp_path / "again", "CIFAR10DataModule", "cifar_resnet34", CE, 0, 6.6)
     crl(["compare", str(two_run_folders[0]), str(tmp_path / "again")])
