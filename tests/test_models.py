@@ -3,6 +3,7 @@ pretrained weights) and the ImageClassifier's ``channels_last`` / ``compile`` sw
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -157,6 +158,19 @@ def test_timm_and_torchvision_imagenet_resnet34():
 def test_create_backbone_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         create_backbone(**kwargs)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("preact_resnet2", "name 'preact_resnet2' (did you mean preact_resnet20, preact_resnet56, preact_resnet164?);"),
+    ("resnet34", "unknown name 'resnet34' (did you mean timm:resnet34, "),  # a timm name without its prefix
+    ("timm:resnt50", "timm has no model 'resnt50' (did you mean timm:resnet50, "),
+    ("torchvision:resnet3", "torchvision has no classification model 'resnet3' (did you mean torchvision:resnet34, "),
+])
+def test_an_unknown_backbone_name_suggests_close_names(name, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_backbone(name, 10)
+    with pytest.raises(ValueError, match=r"'no_such_net'$"):  # nothing close: no suggestion
+        create_backbone("timm:no_such_net", 10)
 
 
 # ----- pretrained weights: local only --------------------------------------------------------------

@@ -7,6 +7,7 @@ once with a `FileNotFoundError` that lists every place that was searched.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -57,7 +58,8 @@ def create_backbone(
         The network, float32, in training mode, mapping (N, in_chans, H, W) to (N, num_classes) logits.
 
     Raises:
-        ValueError: unknown name or prefix, ``num_classes < 1``, ``in_chans != 3`` for torchvision,
+        ValueError: unknown name (the message suggests close bare, ``timm:`` or ``torchvision:`` names) or prefix,
+            ``num_classes < 1``, ``in_chans != 3`` for torchvision,
             ``pretrained=True`` for a bare name (no published weights), or weights that do not fit.
         FileNotFoundError: requested pretrained weights are not on disk; the message lists every path tried.
 
@@ -81,8 +83,12 @@ def create_backbone(
     prefix, sep, arch = name.partition(":")
     if not sep:
         if name not in BACKBONES:
+            import timm
+
+            options = {**{m: f"timm:{m}" for m in timm.list_models()}, **{b: b for b in list_backbones()}}
             raise ValueError(
-                f"backbone: unknown name {name!r}; expected one of {list_backbones()} or a 'timm:'/'torchvision:' name"
+                f"backbone: unknown name {name!r}{_did_you_mean(name, options)}; expected one of {list_backbones()} "
+                "or a 'timm:'/'torchvision:' name"
             )
         if from_cache:
             raise ValueError(f"pretrained: {name!r} has no published weights; pass a path to a state_dict file")
@@ -100,11 +106,24 @@ def create_backbone(
     return model
 
 
+def _did_you_mean(name: str, options: Mapping[str, str]) -> str:
+    """``" (did you mean A, B?)"`` with the (at most 3) options closest to ``name``, or ``""`` when none is close.
+
+    Args:
+        name: the name as given.
+        options: name to compare -> how to write it (e.g. ``"resnet34"`` -> ``"timm:resnet34"``).
+    """
+    close = difflib.get_close_matches(name, list(options), n=3)
+    return f" (did you mean {', '.join(options[c] for c in close)}?)" if close else ""
+
+
 def _create_torchvision(arch: str, num_classes: int, in_chans: int) -> nn.Module:
     import torchvision
 
-    if arch not in torchvision.models.list_models(torchvision.models):
-        raise ValueError(f"backbone: torchvision has no classification model {arch!r}")
+    available = torchvision.models.list_models(torchvision.models)
+    if arch not in available:
+        suggestion = _did_you_mean(arch, {m: f"torchvision:{m}" for m in available})
+        raise ValueError(f"backbone: torchvision has no classification model {arch!r}{suggestion}")
     if in_chans != 3:
         raise ValueError(f"in_chans: torchvision models take 3 input channels, got {in_chans}; use a timm: name")
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
@@ -169,7 +188,8 @@ def _create_timm(arch: str, num_classes: int, in_chans: int, from_cache: bool) -
     import timm
 
     if not timm.is_model(arch):
-        raise ValueError(f"backbone: timm has no model {arch!r}")
+        suggestion = _did_you_mean(arch, {m: f"timm:{m}" for m in timm.list_models()})
+        raise ValueError(f"backbone: timm has no model {arch!r}{suggestion}")
     if not from_cache:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     path, looked = find_cached_weights(arch)
