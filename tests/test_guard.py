@@ -6,6 +6,7 @@ import copy
 import csv
 import math
 import re
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -171,3 +172,14 @@ def test_a_target_out_of_range_names_the_training_step(tmp_path, one_thread):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         NonFiniteGuard(**kwargs)
+
+
+def test_the_skip_overlay_replaces_the_default_guard(tmp_path, plain_argv):
+    from crl_lightning.cli import build_cli
+
+    overlay = Path(__file__).resolve().parents[1] / "examples" / "configs" / "overlays" / "skip_nonfinite.yaml"
+    cli = build_cli(["fit", "--config", str(overlay.parents[1] / "digits_crl.yaml"), "--config", str(overlay),
+                     "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
+                     "--trainer.enable_progress_bar", "false", "--test_after_fit", "false"])
+    (guard,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, NonFiniteGuard)]  # the model added none
+    assert guard.action == "skip" and guard.skipped_steps == 0
