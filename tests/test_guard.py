@@ -28,8 +28,8 @@ class Poison(L.Callback):
     criterion's output times NaN), or ``"target"`` (a class index out of range).
     """
 
-    def __init__(self, what: str, steps: tuple[int, ...]) -> None:
-        self.what, self.steps = what, steps
+    def __init__(self, what: str, steps: tuple[int, ...], rank: int | None = None) -> None:
+        self.what, self.steps, self.rank = what, steps, rank  # rank: poison only that process
         self.armed = False
         self.before: dict | None = None  # model and optimizer state before / after the first poisoned step
         self.after: dict | None = None
@@ -48,7 +48,7 @@ class Poison(L.Callback):
         return copy.deepcopy({"model": pl_module.state_dict(), "optimizer": trainer.optimizers[0].state_dict()})
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.armed = trainer.global_step in self.steps
+        self.armed = trainer.global_step in self.steps and self.rank in (None, trainer.global_rank)
         if self.armed and self.before is None:
             self.before = self._state(trainer, pl_module)
         if self.armed and self.what == "inputs":
@@ -146,6 +146,15 @@ def test_skip_drops_the_bad_steps_counts_them_and_trains_on(tmp_path, one_thread
     assert _finite(model.state_dict()) and math.isfinite(float(trainer.callback_metrics["val_loss"]))
     (last,) = tmp_path.rglob("*.ckpt")
     assert torch.load(last, weights_only=True)["callbacks"]["NonFiniteGuard"] == {"skipped_steps": 2}
+
+
+@pytest.mark.slow
+def test_with_ddp_every_process_skips_the_step_that_one_process_found_bad(tmp_path):
+    """Process 1 alone gets the NaN image; the gradients are averaged, so process 0 must skip too (gloo, 2 CPUs)."""
+    trainer, model = _fit(tmp_path, Poison("inputs", steps=(1,), rank=1), NonFiniteGuard(action="skip"), epochs=1,
+                          devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False)
+    assert float(trainer.callback_metrics["train_skipped_steps"]) == 1  # as process 0 counted it
+    assert _finite(model.state_dict())  # process 0's weights, returned by ddp_spawn
 
 
 def test_fp16_grad_scaler_skips_are_not_errors(tmp_path, one_thread):
