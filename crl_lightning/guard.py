@@ -43,17 +43,18 @@ class NonFiniteGuard(L.Callback):
     Every training batch gets a code computed on its device, without waiting for it: whether the loss (as given
     to ``backward``) is non-finite and, if so, whether the batch's floating-point tensors (the inputs) or the
     outputs of the LightningModule's ``forward`` during the training step (the logits) were. The codes are read
-    on the host (one wait for the device) before the optimizer step every ``check_every_n_steps`` steps, before
-    every checkpoint is saved, and when training ends; with several processes they are gathered, so all stop
-    or skip together.
+    on the host (one wait for the device) before the optimizer step every ``check_every_n_steps`` steps and when
+    training ends, gathered from all processes so that all stop or skip together, and before every checkpoint is
+    saved (this process's only: a save is not always made by all processes at once). A checkpoint whose
+    ``state_dict`` holds a NaN or inf is never written: the guard raises instead (e.g. when Lightning's
+    ``ModelCheckpoint(save_on_exception=True)`` would overwrite ``last.ckpt`` after the error, with the
+    BatchNorm statistics of a NaN batch).
 
     * ``action="raise"``: a `FloatingPointError` names the global step, the epoch and the batch index, and says
       whether the inputs, the logits or only the loss were non-finite. Checked every step (on the CPU, or
       under the fp16 GradScaler), it is raised before that step's optimizer step: the weights never take the
       bad gradients. Checked every N steps (a GPU without the scaler), the weights in memory may have taken up to
-      N - 1 steps after it, but no checkpoint is saved after it: the last one saved stays good. After the error
-      the guard refuses every later save (e.g. by ``ModelCheckpoint(save_on_exception=True)``, which would write
-      ``last.ckpt``), since the model in memory may hold non-finite BatchNorm statistics.
+      N - 1 steps after it, but no checkpoint is saved after it: the last one saved stays good.
     * ``action="skip"``: the step changes nothing (its gradients are dropped, so the optimizer leaves the
       weights and its own state as they were, and the model's buffers, e.g. BatchNorm statistics, are put back)
       and training goes on. Skipped steps are counted in `skipped_steps` (kept in checkpoints), logged as
@@ -93,7 +94,6 @@ class NonFiniteGuard(L.Callback):
         self._batch: tuple[int, Tensor] | None = None  # (batch index, inputs non-finite) of the current batch
         self._logits_bad: Tensor | None = None  # None outside a training step's forward
         self._buffers: list[Tensor] = []  # the model's buffers before the pending steps (action="skip")
-        self._failed: str | None = None  # what the raised error named
         self._hook: torch.utils.hooks.RemovableHandle | None = None
 
     @override
@@ -132,9 +132,8 @@ class NonFiniteGuard(L.Callback):
         if self._batch is None:
             return
         batch_idx, inputs_bad = self._batch
-        logits_bad = self._logits_bad if self._logits_bad is not None else torch.zeros_like(inputs_bad)
         loss_bad = ~torch.isfinite(loss.detach()).all()
-        code = torch.where(loss_bad, torch.where(inputs_bad, 3, torch.where(logits_bad, 2, 1)), 0)
+        code = torch.where(loss_bad, torch.where(inputs_bad, 3, torch.where(self._logits_bad, 2, 1)), 0)
         self._pending.append((code, trainer.global_step, trainer.current_epoch, batch_idx))
 
     @override
@@ -166,19 +165,31 @@ class NonFiniteGuard(L.Callback):
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self._failed is not None:
+        if self.action == "raise":
+            self._check(trainer, pl_module, gather=False)
+        tensors = {name: v for name, v in checkpoint["state_dict"].items() if v.is_floating_point() and v.numel()}
+        finite = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist() if tensors else []
+        bad = [name for name, ok in zip(tensors, finite, strict=True) if not ok]
+        if bad:
             raise FloatingPointError(
-                f"NonFiniteGuard: not saving a checkpoint after the non-finite training loss at {self._failed}: "
-                "the model in memory may hold non-finite values; the checkpoints saved before it are unchanged"
+                f"NonFiniteGuard: not saving a checkpoint whose state_dict holds NaN or inf values ({len(bad)} "
+                f"tensors, e.g. {bad[:3]}) at global step {trainer.global_step}; the checkpoints saved before are "
+                "unchanged"
             )
-        self._check(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check(trainer, pl_module)
+        if self.action == "raise":
+            self._check(trainer, pl_module)
 
-    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-        """Read the pending codes (all processes); raise on a non-finite one, or with "skip" describe it.
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, gather: bool = True) -> str | None:
+        """Read the pending codes; raise on a non-finite one, or with "skip" describe it.
+
+        Args:
+            trainer: the trainer.
+            pl_module: the LightningModule (its ``all_gather``).
+            gather: read the codes of all processes (a collective: every process must call it at the same
+                point), or only this process's.
 
         Returns:
             ``None`` when every pending step was finite; else, with ``action="skip"``, the first such step.
@@ -189,18 +200,17 @@ class NonFiniteGuard(L.Callback):
         if not self._pending:
             return None
         pending, self._pending = self._pending, []
-        codes = pl_module.all_gather(torch.stack([code for code, *_ in pending])).reshape(-1, len(pending)).tolist()
-        found = next(((k, rank) for k in range(len(pending)) for rank in range(len(codes)) if codes[rank][k]), None)
+        codes = torch.stack([code for code, *_ in pending])
+        rows = (pl_module.all_gather(codes) if gather else codes).reshape(-1, len(pending)).tolist()
+        found = next(((k, row) for k in range(len(pending)) for row in range(len(rows)) if rows[row][k]), None)
         if found is None:
             return None
-        k, rank = found
+        k, row = found
         _, step, epoch, batch_idx = pending[k]
-        process = f", process {rank}" if len(codes) > 1 else ""
-        where = f"global step {step} (epoch {epoch}, batch {batch_idx}{process})"
-        finding = f"{where}: {_FINDINGS[codes[rank][k]]}"
+        process = f", process {row if gather else trainer.global_rank}" if trainer.world_size > 1 else ""
+        finding = f"global step {step} (epoch {epoch}, batch {batch_idx}{process}): {_FINDINGS[rows[row][k]]}"
         if self.action == "skip":
             return finding
-        self._failed = where
         if trainer.global_step == step:
             taken = "training stopped before its optimizer step, so the weights did not take it"
         else:
