@@ -55,7 +55,8 @@ def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> str | None:
     configs), the end of the last epoch that a killed or finished run completed, from which the resumed run
     repeats the uninterrupted one bit for bit (see `crl_lightning.callbacks.RandomState`). Mid-epoch checkpoints
     (Lightning's ``OnExceptionCheckpoint``, SLURM's ``hpc_ckpt_N.ckpt``) are not named ``last.ckpt`` and are not
-    taken. Any other value is returned unchanged.
+    taken; a ``fast_dev_run`` leaves a ``last.ckpt`` too (Lightning 2.6 writes it when training ends), so smoke
+    runs are best given another ``default_root_dir``. Any other value is returned unchanged.
 
     Raises:
         FileNotFoundError: ``ckpt_path`` is ``"last"`` and there is no ``last.ckpt`` under ``root``.
