@@ -56,7 +56,14 @@ def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> str | None:
     repeats the uninterrupted one bit for bit (see `crl_lightning.callbacks.RandomState`). Mid-epoch checkpoints
     (Lightning's ``OnExceptionCheckpoint``, SLURM's ``hpc_ckpt_N.ckpt``) are not named ``last.ckpt`` and are not
     taken; a ``fast_dev_run`` leaves a ``last.ckpt`` too (Lightning 2.6 writes it when training ends), so smoke
-    runs are best given another ``default_root_dir``. Any other value is returned unchanged.
+    runs are best given another ``default_root_dir``.
+
+    Args:
+        ckpt_path: the ``--ckpt_path`` value: ``None``, a path, or one of Lightning's ``"best"``, ``"last"``, ...
+        root: the folder searched, ``trainer.default_root_dir``.
+
+    Returns:
+        The path of that ``last.ckpt`` for ``"last"``; any other value unchanged.
 
     Raises:
         FileNotFoundError: ``ckpt_path`` is ``"last"`` and there is no ``last.ckpt`` under ``root``.

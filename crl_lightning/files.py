@@ -52,6 +52,9 @@ def newest_last_checkpoint(root: str | Path) -> Path | None:
 
     Args:
         root: the folder searched recursively, e.g. ``trainer.default_root_dir``.
+
+    Returns:
+        The path, or ``None`` when ``root`` holds no ``last.ckpt`` (or does not exist).
     """
     root = Path(root)
     return max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, default=None) if root.is_dir() else None

@@ -43,7 +43,7 @@ def launchers(tmp_path):
 
 @pytest.mark.parametrize(("script", "env"), [
     ("slurm.sbatch", {"SLURM_JOB_NUM_NODES": "3", "SLURM_NTASKS_PER_NODE": "4"}),
-    ("torchrun.sh", {"NNODES": "3", "GPUS": "4", "NODE_RANK": "1", "MASTER_ADDR": "node0"}),
+    ("torchrun.sh", {"NNODES": "3", "GPUS": "4", "NODE_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "29400"}),
 ])
 def test_recipe_runs_crl_fit_on_nodes_times_gpus_with_ddp(script, env, launchers):
     result = subprocess.run(["bash", str(RECIPES / script), "--print_config"], cwd=REPO, env={**launchers, **env},
@@ -54,4 +54,4 @@ def test_recipe_runs_crl_fit_on_nodes_times_gpus_with_ddp(script, env, launchers
     assert (trainer["num_nodes"], str(trainer["devices"]), trainer["strategy"]) == (3, "4", "ddp")  # "4": 4 GPUs
     assert config["model"]["init_args"]["backbone"] == "cifar_resnet34"  # the default CONFIG, CIFAR-10 ResNet-34
     if script == "torchrun.sh":
-        assert "torchrun: nnodes=3 nproc_per_node=4 node_rank=1 master=node0:29500" in result.stderr
+        assert "torchrun: nnodes=3 nproc_per_node=4 node_rank=1 master=node0:29400" in result.stderr
