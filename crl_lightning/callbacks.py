@@ -33,6 +33,7 @@ from crl_lightning.files import write_text_atomic
 from crl_lightning.metrics import ExpectedCalibrationError, MeanClassAccuracy, per_class_accuracy
 
 __all__ = [
+    "CONFUSION_CORNER",
     "HISTORY_FILENAME",
     "METRICS_FILENAME",
     "History",
@@ -49,6 +50,8 @@ __all__ = [
 METRICS_FILENAME = "test_metrics.json"
 #: Name of the per-epoch history file that `History` writes (one row per training epoch).
 HISTORY_FILENAME = "history.csv"
+#: Top-left cell of ``confusion_matrix.csv``: rows are the true classes, columns the predicted ones.
+CONFUSION_CORNER = "true\\predicted"
 #: Version tag written into every metrics file (bumped when the layout changes incompatibly).
 METRICS_FORMAT = "crl_lightning.test_metrics/1"
 
@@ -282,7 +285,9 @@ class TestReport(L.Callback):
           ``test_*`` value in ``trainer.callback_metrics``: ``_err``/``_acc`` in percent, ``test_ece`` a
           fraction, ``test_nll`` in nats), ``per_class_acc`` (percent, ``null`` for an absent class),
           ``num_samples``, ``ckpt_path``, ``files`` and ``config`` (the resolved CLI config or ``null``);
-        * ``confusion_matrix.csv``: C x C counts, rows = true class, columns = predicted class;
+        * ``confusion_matrix.csv``: C x C counts, rows = true class, columns = predicted class; the header
+          row is `CONFUSION_CORNER` ("true", a backslash, "predicted") and the class names, the first column
+          each row's true class name (names from the DataModule's ``classes``, else the class indices);
         * ``figures/softmax_heatmap.png``, ``figures/reliability_diagram.png``,
           ``figures/confusion_matrix.png`` (`crl_lightning.figures`), also logged as images to every
           `WandbLogger` of the trainer.
@@ -395,12 +400,14 @@ class TestReport(L.Callback):
         results = self.results
         files: dict[str, Any] = {}
         confusion = results.get("confusion_matrix")
+        class_names = _class_names(trainer, confusion.shape[0]) if confusion is not None else None
         if confusion is not None:
+            names = class_names or [str(c) for c in range(confusion.shape[0])]
             text = io.StringIO()
-            csv.writer(text, lineterminator="\n").writerows(confusion.tolist())
+            csv.writer(text, lineterminator="\n").writerows(
+                [[CONFUSION_CORNER, *names]] + [[names[i], *row] for i, row in enumerate(confusion.tolist())])
             write_text_atomic(out / "confusion_matrix.csv", text.getvalue())
             files["confusion_matrix"] = "confusion_matrix.csv"
-        class_names = _class_names(trainer, confusion.shape[0]) if confusion is not None else None
         if self.figures and results:
             from crl_lightning.figures import save_test_figures
 
