@@ -9,6 +9,7 @@ not warnings.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import glob
 import os
@@ -16,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from PIL import Image
 
 from crl_lightning.callbacks import PREDICTIONS_FILENAME
 from crl_lightning.cli import check_checkpoint, main
+from crl_lightning.console import error_message
 from crl_lightning.data import DigitsDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,3 +230,23 @@ def test_check_checkpoint_reads_every_record(tmp_path):
         check_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="ckpt_path: expected a checkpoint file, got .*missing.ckpt"):
         check_checkpoint(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.usefixtures("plain_argv")
+@pytest.mark.parametrize(("args", "line"), [
+    (["--trainer.max_epochs", "abc"], "trainer.max_epochs: expected int, got 'abc'"),
+    (["--data.init_args.batch_sizee", "3"], "data: Option 'batch_sizee' is not accepted"),
+    (["--model.init_args.criterion", "CrossEntropyLoss"], "model.init_args.criterion: Multiple subclasses with name "
+     "CrossEntropyLoss. Give the full class path to avoid ambiguity: torch.nn.CrossEntropyLoss, "
+     "crl_lightning.losses.CrossEntropyLoss. (got 'CrossEntropyLoss')"),
+])
+def test_parse_errors_read_as_one_line(args, line):
+    with pytest.raises(argparse.ArgumentError) as raised:
+        main(["fit", "--config", DIGITS, *args])
+    assert error_message(raised.value) == line
+
+
+def test_importing_the_package_hides_no_warning():
+    import crl_lightning.cli  # noqa: F401  (imported, console_main not run)
+
+    assert not any("LeafSpec" in str(f[1]) or "tensorboardX" in str(f[1]) for f in warnings.filters)
