@@ -37,8 +37,8 @@ __all__ = [
 
 #: The DataModule attributes that the CLI links into the model's init arguments of the same name.
 LINKED_ARGUMENTS = ("num_classes", "in_chans")
-#: ``ckpt_path`` values that Lightning resolves itself (they are not file paths).
-_CKPT_KEYWORDS = ("best", "last", "hpc")
+#: ``ckpt_path`` values that Lightning resolves itself (not file paths; also ``registry:<name>``).
+_CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 
 class ConfigError(ValueError):
@@ -69,7 +69,8 @@ class CRLCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")  # self.subcommand is set after this
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if isinstance(path, str | Path) and str(path) not in _CKPT_KEYWORDS and "://" not in str(path):
+        keyword = str(path) in _CKPT_KEYWORDS or str(path).startswith("registry:") or "://" in str(path)
+        if isinstance(path, str | Path) and not keyword:
             check_checkpoint(path)  # before LightningCLI reads the checkpoint's hyper-parameters
 
     def before_instantiate_classes(self) -> None:
@@ -142,10 +143,11 @@ def check_checkpoint(path: str | Path) -> None:
 
     A checkpoint written by ``torch.save`` (Lightning's) is a zip archive with a CRC-32 checksum per record;
     every record is read and checked (nothing is unpickled), so a file cut short by a full disk or a killed
-    copy, or with damaged bytes, is named here instead of failing deep inside ``torch.load``.
+    copy, or with damaged bytes, is named here instead of failing deep inside ``torch.load``. A folder (a
+    sharded checkpoint, e.g. DeepSpeed's) is left to Lightning.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file or folder.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -153,6 +155,8 @@ def check_checkpoint(path: str | Path) -> None:
             the file.
     """
     path = Path(path)
+    if path.is_dir():
+        return
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path: expected a checkpoint file, got {path} (no such file)")
     try:

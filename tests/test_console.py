@@ -230,6 +230,7 @@ def test_check_checkpoint_reads_every_record(tmp_path):
         check_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="ckpt_path: expected a checkpoint file, got .*missing.ckpt"):
         check_checkpoint(tmp_path / "missing.ckpt")
+    check_checkpoint(tmp_path)  # a folder (a sharded checkpoint) is Lightning's to read
 
 
 @pytest.mark.usefixtures("plain_argv")
