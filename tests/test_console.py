@@ -158,6 +158,21 @@ def test_predict_on_a_folder_of_unlabelled_images(demo, tmp_path):
         np.testing.assert_allclose([float(row[f"top{i}_prob"]) for i in range(1, 6)], probs, rtol=1e-5)
 
 
+def test_predict_dir_batches_equal_the_test_split_on_the_device_too(tmp_path):
+    """With ``augment_on_device`` the folder's images arrive as uint8 and are normalised as the test split's."""
+    reference = DigitsDataModule()
+    reference.setup("test")
+    for i in range(4):
+        Image.fromarray(reference.datasets["test"].dataset.images[i, 0].numpy()).save(tmp_path / f"{i}.png")
+    expected = torch.stack([reference.datasets["test"][i][0] for i in range(4)])
+    for on_device in (False, True):
+        data = DigitsDataModule(augment_on_device=on_device, predict_dir=tmp_path)
+        data.setup("predict")
+        images, target = data.on_after_batch_transfer(next(iter(data.predict_dataloader())), 0)
+        torch.testing.assert_close(images, expected)
+        assert target.tolist() == [-1] * 4  # unlabelled
+
+
 def error_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if line.startswith("crl: error:")]
 
