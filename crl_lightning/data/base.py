@@ -237,7 +237,7 @@ def list_image_files(folder: str | Path) -> list[Path]:
 
 
 class UnlabelledImageDataset(ImageFileDataset):
-    """Image files without classes: ``dataset[i]`` is ``(PIL image in mode ``mode``, -1)``.
+    """Image files without classes: ``dataset[i]`` is ``(image, -1)``, a PIL image in mode `mode`.
 
     Args:
         paths: one image file per sample.
