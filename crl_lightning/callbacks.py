@@ -1,4 +1,4 @@
-"""Run identity, the per-epoch history, the test report (``test_metrics.json`` + figures) and W&B run naming.
+"""Run identity, the per-epoch history, the test report (``test_metrics.json`` + figures), predictions, W&B naming.
 
 Nothing here imports ``wandb``: W&B is touched only through a `lightning.pytorch.loggers.WandbLogger`
 the user configured (e.g. with ``examples/configs/wandb.yaml``).
@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -33,9 +34,13 @@ from crl_lightning.files import write_text_atomic
 from crl_lightning.metrics import ExpectedCalibrationError, MeanClassAccuracy, per_class_accuracy
 
 __all__ = [
+    "CONFUSION_CORNER",
     "HISTORY_FILENAME",
     "METRICS_FILENAME",
+    "PREDICTIONS_FILENAME",
+    "CompactProgressBar",
     "History",
+    "PredictionWriter",
     "RandomState",
     "TestReport",
     "configure_wandb_loggers",
@@ -49,6 +54,10 @@ __all__ = [
 METRICS_FILENAME = "test_metrics.json"
 #: Name of the per-epoch history file that `History` writes (one row per training epoch).
 HISTORY_FILENAME = "history.csv"
+#: Name of the file that `PredictionWriter` writes (``crl predict``).
+PREDICTIONS_FILENAME = "predictions.csv"
+#: Top-left cell of ``confusion_matrix.csv``: rows are the true classes, columns the predicted ones.
+CONFUSION_CORNER = "true\\predicted"
 #: Version tag written into every metrics file (bumped when the layout changes incompatibly).
 METRICS_FORMAT = "crl_lightning.test_metrics/1"
 
@@ -210,7 +219,7 @@ class History(L.Callback):
     Columns: ``epoch`` (1-based: the row is written when that epoch, its validation included, ends),
     ``step`` (optimizer steps so far), ``lr`` (of the first parameter group, during the epoch),
     ``epoch_time_s`` (wall seconds of the epoch, validation included), then every scalar epoch metric
-    logged so far, sorted by name: ``train_loss`` (from ``train_loss_epoch``), ``train_top1_err``,
+    logged so far, sorted by name: ``train_loss``, ``train_top1_err``,
     ``val_loss``, ``val_top1_err``, ... (``_err``/``_acc`` in percent). Per-step values (``*_step``) are
     left out. A metric that a row lacks is empty there.
 
@@ -282,7 +291,9 @@ class TestReport(L.Callback):
           ``test_*`` value in ``trainer.callback_metrics``: ``_err``/``_acc`` in percent, ``test_ece`` a
           fraction, ``test_nll`` in nats), ``per_class_acc`` (percent, ``null`` for an absent class),
           ``num_samples``, ``ckpt_path``, ``files`` and ``config`` (the resolved CLI config or ``null``);
-        * ``confusion_matrix.csv``: C x C counts, rows = true class, columns = predicted class;
+        * ``confusion_matrix.csv``: C x C counts, rows = true class, columns = predicted class; the header
+          row is `CONFUSION_CORNER` ("true", a backslash, "predicted") and the class names, the first column
+          each row's true class name (names from the DataModule's ``classes``, else the class indices);
         * ``figures/softmax_heatmap.png``, ``figures/reliability_diagram.png``,
           ``figures/confusion_matrix.png`` (`crl_lightning.figures`), also logged as images to every
           `WandbLogger` of the trainer.
@@ -395,12 +406,14 @@ class TestReport(L.Callback):
         results = self.results
         files: dict[str, Any] = {}
         confusion = results.get("confusion_matrix")
+        class_names = _class_names(trainer, confusion.shape[0]) if confusion is not None else None
         if confusion is not None:
+            names = class_names or [str(c) for c in range(confusion.shape[0])]
             text = io.StringIO()
-            csv.writer(text, lineterminator="\n").writerows(confusion.tolist())
+            csv.writer(text, lineterminator="\n").writerows(
+                [[CONFUSION_CORNER, *names]] + [[names[i], *row] for i, row in enumerate(confusion.tolist())])
             write_text_atomic(out / "confusion_matrix.csv", text.getvalue())
             files["confusion_matrix"] = "confusion_matrix.csv"
-        class_names = _class_names(trainer, confusion.shape[0]) if confusion is not None else None
         if self.figures and results:
             from crl_lightning.figures import save_test_figures
 
@@ -436,6 +449,106 @@ class TestReport(L.Callback):
                 names = class_names or [str(i) for i in range(len(per_class))]
                 rows = [[i, names[i], None if math.isnan(a) else a] for i, a in enumerate(per_class.tolist())]
                 logger.log_table(key="test/per_class_acc", columns=["class", "name", "acc_percent"], data=rows)
+
+
+def _sample_path(dataset: Any, index: int) -> str:
+    """The image file of sample ``index`` of ``dataset`` (through views with ``dataset``/``indices``); "" if none."""
+    while hasattr(dataset, "dataset") and hasattr(dataset, "indices"):  # TransformedSubset, torch Subset
+        dataset, index = dataset.dataset, dataset.indices[index]
+    paths = getattr(dataset, "paths", None)
+    return str(paths[index]) if paths is not None else ""
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``predictions.csv`` (`PREDICTIONS_FILENAME`) into `run_dir` after ``trainer.predict``.
+
+    One row per sample of the first predict dataloader, in sample order. Columns: ``index`` (the sample's
+    position in the predicted dataset), ``path`` (its image file; empty when the dataset keeps none, e.g. the
+    in-memory digits), ``predicted`` (class index) and ``predicted_name``, then for i = 1..k ``top{i}_class``,
+    ``top{i}_name`` and ``top{i}_prob`` (softmax probability) of the k most probable classes, most probable
+    first. Class names come from the DataModule's ``classes`` (else the index). It reads what ``predict_step``
+    returns, (N, C) probabilities (`crl_lightning.ImageClassifier.predict_step`: softmax, float32).
+
+    ``crl predict`` adds this callback unless the trainer has a prediction writer; add it to the trainer
+    yourself to change its options (``--trainer.callbacks+=crl_lightning.callbacks.PredictionWriter
+    --trainer.callbacks.top_k 10``). With several processes, each writes the rows of its own samples to
+    ``predictions_rank<r>.csv``. Under ``fast_dev_run`` nothing is written.
+
+    Args:
+        top_k: k, the most probable classes written per row (at most C); ``None`` writes all C, whose
+            probabilities sum to 1.
+        dirpath: where to write; ``None`` uses `run_dir`.
+
+    Raises:
+        ValueError: ``top_k < 1``; at write time, a prediction that is not an (N, C) tensor.
+    """
+
+    def __init__(self, top_k: int | None = 5, dirpath: str | Path | None = None) -> None:
+        super().__init__(write_interval="batch")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k: expected >= 1 (or None for every class), got {top_k}")
+        self.top_k = top_k
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        #: Path of the file last written (``None`` before the first prediction).
+        self.last_path: Path | None = None
+        self._rows: list[tuple[int, list[int], list[float]]] = []  # (index, top-k classes, top-k probabilities)
+        self._num_classes = 0
+
+    @override
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._rows = []
+
+    @override
+    def write_on_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int,
+    ) -> None:
+        if dataloader_idx != 0:
+            return
+        if not isinstance(prediction, Tensor) or prediction.ndim != 2:
+            shape = tuple(prediction.shape) if isinstance(prediction, Tensor) else type(prediction).__name__
+            raise ValueError(f"prediction: expected (N, C) probabilities from predict_step, got {shape}")
+        probs = prediction.detach().float().cpu()
+        self._num_classes = probs.shape[1]
+        k = probs.shape[1] if self.top_k is None else min(self.top_k, probs.shape[1])
+        values, classes = probs.topk(k, dim=1)
+        start = len(self._rows)
+        indices = list(batch_indices) if batch_indices else range(start, start + len(probs))
+        self._rows += zip(indices, classes.tolist(), values.tolist(), strict=True)
+
+    @override
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run or not self._rows:
+            return
+        names = _class_names(trainer, self._num_classes) or [str(c) for c in range(self._num_classes)]
+        loader = trainer.predict_dataloaders
+        dataset = getattr(loader[0] if isinstance(loader, list | tuple) else loader, "dataset", None)
+        k = len(self._rows[0][1])
+        header = ["index", "path", "predicted", "predicted_name"]
+        header += [f"top{i}_{what}" for i in range(1, k + 1) for what in ("class", "name", "prob")]
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(header)
+        for index, classes, probs in sorted(self._rows):
+            top = [v for c, p in zip(classes, probs, strict=True) for v in (c, names[c], f"{p:.6g}")]
+            writer.writerow([index, _sample_path(dataset, index), classes[0], names[classes[0]], *top])
+        name = PREDICTIONS_FILENAME if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
+        out = self.dirpath if self.dirpath is not None else run_dir(trainer)
+        self.last_path = write_text_atomic(out / name, text.getvalue())
+
+
+class CompactProgressBar(TQDMProgressBar):
+    """Lightning's TQDM progress bar showing only the metrics the model puts on it (no logger ``v_num``).
+
+    `crl_lightning.ImageClassifier` puts its training loss and top-1 errors there; ``crl`` uses this bar unless
+    the config sets a progress bar or turns it off.
+    """
+
+    @override
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
 
 def configure_wandb_loggers(

@@ -30,13 +30,13 @@ class ImageClassifier(L.LightningModule):
 
     Logged metrics (epoch values are sample-weighted; ``_err``/``_acc`` are percent):
         * every stage: ``{stage}_loss`` and ``{stage}_top{k}_err`` for each k in ``top_k``. The training
-          loss is logged per step (``train_loss_step``) and per epoch (``train_loss_epoch``).
+          loss is logged per epoch (``train_loss``) and per step (``train_loss_step``).
         * ``ordinal=True``, val and test: ``{stage}_exact_acc`` and ``{stage}_one_off_acc`` (prediction
           within one class index of the target, the paper's Adience metric).
         * test only: ``test_ece`` (expected calibration error, a **fraction** in [0, 1], ``calibration_bins``
           equal-width bins), ``test_nll`` (nats per sample) and ``test_mean_class_acc`` (percent, the
           mean of the per-class accuracies), all in the ``test_metrics`` collection.
-        * progress bar: the loss, ``train_top1_err_step`` (the current batch, not logged) and the top-1 errors.
+        * progress bar: only ``train_loss_step``, ``train_top1_err_step`` (this batch, not logged), val/test top-1.
 
     The duplicates a `torch.utils.data.DistributedSampler` pads onto the ends of the val/test shards are cut
     from the batches (`crl_lightning.metrics.PaddingTrimmer`), so each sample counts once.
@@ -174,7 +174,8 @@ class ImageClassifier(L.LightningModule):
             loss = self.compute_loss(logits, target, batch)
         except ValueError as err:  # e.g. a class index out of range: say where
             raise ValueError(f"training step {self.global_step} (batch {batch_idx}): {err}") from err
-        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=n, prog_bar=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train_loss_step", loss, on_step=True, on_epoch=False, batch_size=n, prog_bar=True)
         if target.ndim == 1:
             self.train_metrics.update(logits.detach(), target)
             self._log_metrics(self.train_metrics, n)
@@ -193,7 +194,7 @@ class ImageClassifier(L.LightningModule):
         loss = self.compute_loss(logits, target, batch)
         loss_mean = getattr(self, f"{stage}_loss_mean")
         loss_mean.update(loss.detach().float(), weight=n)
-        self.log(f"{stage}_loss", loss_mean, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}_loss", loss_mean, on_step=False, on_epoch=True)
         logits = logits.detach()
         if target.ndim == 1:
             metrics = getattr(self, f"{stage}_metrics")
@@ -203,7 +204,8 @@ class ImageClassifier(L.LightningModule):
 
     def _log_metrics(self, metrics: Any, n: int) -> None:
         for name, metric in metrics.items(keep_base=False, copy_state=False):
-            self.log(name, metric, on_step=False, on_epoch=True, batch_size=n, prog_bar=name.endswith("top1_err"))
+            bar = name.endswith("top1_err") and not name.startswith("train_")  # the batch's error is on the bar
+            self.log(name, metric, on_step=False, on_epoch=True, batch_size=n, prog_bar=bar)
 
     @override
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any] | None:

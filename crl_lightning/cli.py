@@ -7,43 +7,193 @@ The DataModule's ``num_classes`` and ``in_chans`` are linked into the model.
 
 from __future__ import annotations
 
+import inspect
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from crl_lightning.callbacks import configure_wandb_loggers
+from crl_lightning.callbacks import CompactProgressBar, PredictionWriter, configure_wandb_loggers, run_dir
 from crl_lightning.classifier import ImageClassifier
 from crl_lightning.data.base import ImageDataModule
 from crl_lightning.files import newest_last_checkpoint
 
-__all__ = ["CRLCLI", "EXTRA_COMMANDS", "build_cli", "console_main", "main", "resolve_ckpt_path", "weights_to_test"]
+__all__ = [
+    "CRLCLI",
+    "EXTRA_COMMANDS",
+    "LINKED_ARGUMENTS",
+    "ConfigError",
+    "build_cli",
+    "check_checkpoint",
+    "console_main",
+    "main",
+    "resolve_ckpt_path",
+    "run_summary",
+    "weights_to_test",
+]
+
+#: The DataModule attributes that the CLI links into the model's init arguments of the same name.
+LINKED_ARGUMENTS = ("num_classes", "in_chans")
+#: ``ckpt_path`` values that Lightning resolves itself (not file paths; also ``registry:<name>``).
+_CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
+
+
+class ConfigError(ValueError):
+    """A configuration that ``crl`` refuses; the message names the field and what to set instead."""
 
 
 class CRLCLI(LightningCLI):
-    """LightningCLI with data -> model links, ``--test_after_fit`` and ``--ckpt_path last`` (`resolve_ckpt_path`)."""
+    """LightningCLI with data -> model links, ``--test_after_fit``, ``--ckpt_path last`` (`resolve_ckpt_path`).
+
+    Checks, each a one-line error in the ``crl`` command: a ``ckpt_path`` file must be a complete checkpoint
+    (`check_checkpoint`, right after parsing); ``fit`` with the default schedule (``model.init_args.lr_scheduler``
+    null) needs ``trainer.max_epochs`` (`ConfigError`, before anything is built); a model ``num_classes`` or
+    ``in_chans`` that was set (not the default) and differs from the DataModule's is refused (`ConfigError`),
+    where the link would silently replace it. The progress bar shows only what the model puts on it
+    (`CompactProgressBar`); fit and test end with one line naming the run folder and its files (`run_summary`),
+    predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`).
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
+        for name in LINKED_ARGUMENTS:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit", type=bool, default=False,
             help="After `fit`, run `test` on the best checkpoint (the last weights when none was saved).",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")  # self.subcommand is set after this
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        keyword = str(path) in _CKPT_KEYWORDS or str(path).startswith("registry:") or "://" in str(path)
+        if isinstance(path, str | Path) and not keyword:
+            check_checkpoint(path)  # before LightningCLI reads the checkpoint's hyper-parameters
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        schedule = config.get("model.init_args.lr_scheduler", "unset")
+        if self.subcommand == "fit" and schedule is None and config.get("trainer.max_epochs") is None:
+            raise ConfigError(
+                "trainer.max_epochs: expected a number of epochs, got none; the default schedule "
+                "(model.init_args.lr_scheduler null) divides the lr by 10 at 50 % and 75 % of trainer.max_epochs "
+                "(Lightning alone would train 1000 epochs): set --trainer.max_epochs N, or "
+                "model.init_args.lr_scheduler"
+            )
+
     def instantiate_classes(self) -> None:
+        given = {name: self.config[self.subcommand].get(f"model.init_args.{name}") for name in LINKED_ARGUMENTS}
         super().instantiate_classes()
+        for name, value in given.items():
+            linked = getattr(self.datamodule, name, None)
+            if value not in (None, linked, _init_default(self.model, name)) and linked is not None:
+                raise ConfigError(
+                    f"model.init_args.{name}: expected the data's value {linked} ({type(self.datamodule).__name__}."
+                    f"{name}, which crl links into the model), got {value} (from the command line, a config or the "
+                    "ckpt_path's hyper-parameters)"
+                )
         configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand)
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), self.trainer.default_root_dir)
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = _as_list(config.get("callbacks"))
+        present = callbacks + _as_list(self.trainer_defaults.get("callbacks"))
+        if config.get("enable_progress_bar") is not False and not config.get("barebones") \
+                and not any(isinstance(cb, ProgressBar) for cb in present):
+            callbacks.append(CompactProgressBar())
+        if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in present):
+            callbacks.append(PredictionWriter())
+        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=weights_to_test(self.trainer))
+        run_summary(self.trainer, "fit")
+
+    def after_test(self) -> None:
+        run_summary(self.trainer, "test")
+
+    def after_predict(self) -> None:
+        writers = [cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter) and cb.last_path]
+        if writers:
+            print(f"crl predict: wrote {writers[0].last_path}", flush=True)
+        else:
+            run_summary(self.trainer, "predict")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _init_default(model: Any, name: str) -> Any:
+    """The default of init argument ``name`` of ``model``'s class (the first ``__init__`` in its MRO with it)."""
+    for cls in type(model).__mro__:
+        if "__init__" in vars(cls):
+            parameter = inspect.signature(cls.__init__).parameters.get(name)
+            if parameter is not None:
+                return parameter.default
+    return inspect.Parameter.empty
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse a missing, truncated or corrupt checkpoint file before Lightning unpickles it.
+
+    A checkpoint written by ``torch.save`` (Lightning's) is a zip archive with a CRC-32 checksum per record;
+    every record is read and checked (nothing is unpickled), so a file cut short by a full disk or a killed
+    copy, or with damaged bytes, is named here instead of failing deep inside ``torch.load``. A folder (a
+    sharded checkpoint, e.g. DeepSpeed's) is left to Lightning.
+
+    Args:
+        path: the checkpoint file or folder.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a complete zip archive, or a record fails its checksum; the message names
+            the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path: expected a checkpoint file, got {path} (no such file)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"ckpt_path: expected a complete checkpoint (a torch.save zip archive), got {path}, "
+                         f"which is truncated or corrupt ({err})") from err
+    if bad is not None:
+        raise ValueError(f"ckpt_path: expected a complete checkpoint, got {path}, whose record {bad} fails its "
+                         "checksum (corrupt file)")
+
+
+def run_summary(trainer: L.Trainer, command: str) -> str | None:
+    """Print, on global rank 0, one line naming the run folder (`run_dir`) and what it holds; return it.
+
+    Nothing is printed under ``fast_dev_run`` (nothing is written then) or when the folder does not exist.
+
+    Args:
+        trainer: the trainer of the run.
+        command: the subcommand, for the line's prefix (``crl fit: ...``).
+
+    Returns:
+        The line, e.g. ``crl fit: results in runs/x/lightning_logs/version_0/: checkpoints/ config.yaml ...``
+        (sub-folders end with ``/``), or ``None`` when nothing was printed.
+    """
+    folder = run_dir(trainer)
+    if not trainer.is_global_zero or trainer.fast_dev_run or not folder.is_dir():
+        return None
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+    line = f"crl {command}: results in {folder}/: {' '.join(names)}"
+    print(line, flush=True)
+    return line
 
 
 def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> str | None:
@@ -114,6 +264,12 @@ def build_cli(args: Sequence[str] | None = None, trainer_defaults: dict[str, Any
         args: the command line without the program name, e.g. ``["fit", "--config", "c.yaml"]``.
         trainer_defaults: LightningCLI's ``trainer_defaults``: Trainer defaults under the config's values,
             and ``callbacks`` added to every trainer (e.g. ``crl study``'s pairing fingerprint).
+
+    Raises:
+        argparse.ArgumentError: a bad command-line argument or config value (jsonargparse's message;
+            `crl_lightning.console.parse_error_message` makes it one line).
+        ConfigError: a configuration `CRLCLI` refuses (see there).
+        SystemExit: after ``--help`` / ``--print_config``.
     """
     return CRLCLI(
         ImageClassifier,
@@ -121,9 +277,11 @@ def build_cli(args: Sequence[str] | None = None, trainer_defaults: dict[str, Any
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
-        parser_kwargs={"description": "Train and evaluate image classifiers with the Competing Ratio Loss. "
+        parser_kwargs={"exit_on_error": False,
+                       "description": "Train and evaluate image classifiers with the Competing Ratio Loss. "
                        "Also: `crl study --help` (criteria x seeds, paired tests), `crl cv --help` (k-fold "
-                       "cross-validation) and `crl compare --help` (results table)."},
+                       "cross-validation) and `crl compare --help` (results table). Errors print as one line; "
+                       "`crl --traceback ...` (or CRL_TRACEBACK=1) shows the full trace."},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         trainer_defaults=trainer_defaults,
@@ -135,7 +293,8 @@ def main(args: Sequence[str] | None = None) -> None:
 
     Raises:
         FileNotFoundError: dataset files are missing (the message says where it looked and how to get them).
-        SystemExit: bad command-line arguments, or after ``--help`` / ``--print_config``.
+        argparse.ArgumentError, ConfigError: see `build_cli`.
+        SystemExit: bad arguments of an extra command, or after ``--help`` / ``--print_config``.
     """
     import importlib
     import sys
@@ -149,23 +308,35 @@ def main(args: Sequence[str] | None = None) -> None:
 
 
 def console_main() -> None:
-    """The ``crl`` console script: `main`, with missing-data errors printed as one line, not a traceback.
+    """The ``crl`` console script: `main` with a quiet console and errors printed as one line.
 
-    Also shows this package's INFO log lines (e.g. dataset sizes) on stderr, as Lightning shows its own.
+    * An error ends the command with exit code 1 and one line ``crl: error: <message>`` on stderr
+      (`crl_lightning.console.error_message`); ``--traceback`` anywhere on the command line, or the environment
+      variable ``CRL_TRACEBACK=1``, shows the full traceback instead.
+    * Lightning's tips and known-harmless warnings are hidden (`crl_lightning.console.quiet_console`).
+    * This package's INFO log lines (e.g. dataset sizes) go to stderr, as Lightning shows its own.
     """
     import logging
+    import os
     import sys
 
+    from crl_lightning.console import TRACEBACK_ENV, error_message, quiet_console
+
+    traceback = "--traceback" in sys.argv[1:] or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0")
+    sys.argv = [a for a in sys.argv if a != "--traceback"]
     package_log = logging.getLogger("crl_lightning")
     if not package_log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         package_log.addHandler(handler)
         package_log.setLevel(logging.INFO)
+    quiet_console(evaluating=sys.argv[1:2] in (["validate"], ["test"], ["predict"]))
     try:
         main()
-    except FileNotFoundError as err:
-        print(f"crl: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if traceback:
+            raise
+        print(f"crl: error: {error_message(err)}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -5,6 +5,11 @@ directory (`crl_lightning.callbacks.TestReport`). This command finds those files
 and prints one markdown table per metric: rows = dataset / backbone, columns = criteria, cells =
 ``mean ± std (n=runs)`` over seeds (sample std, ``ddof=1``; a single run shows ``mean (n=1)``).
 
+A run counts once: reruns of one dataset, backbone, criterion, seed (and fold) are not seeds, so only the
+newest (by ``created``) is counted and the cell notes how many were left out (``1.11 (n=1; 6 reruns left
+out)``). Runs of ``crl cv`` (a ``data.init_args.fold`` in their config, or a ``fold_<k>`` folder) are folds:
+``67.10 ± 2.00 (5 folds)``.
+
 Example::
 
     crl compare runs/                       # test top-1 error (%), as Table II
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -25,7 +31,7 @@ from typing import Any
 
 from crl_lightning.callbacks import METRICS_FILENAME
 
-__all__ = ["comparison_table", "find_metric_files", "load_records", "main"]
+__all__ = ["comparison_table", "find_metric_files", "latest_runs", "load_records", "main", "run_fold"]
 
 #: Units of the known metrics, for the table caption.
 _UNITS = {"_err": "%", "_acc": "%", "test_ece": "fraction", "test_nll": "nats", "test_loss": ""}
@@ -76,13 +82,60 @@ def _label(criterion: Any) -> str:
     return str(criterion)
 
 
-def _cell(values: Sequence[float], digits: int) -> str:
-    if not values:
+def run_fold(record: dict[str, Any]) -> int | None:
+    """The cross-validation fold of a record: its config's ``data.init_args.fold``, else a ``fold_<k>`` folder."""
+    data = (record.get("config") or {}).get("data") or {}
+    fold = (data.get("init_args") or {}).get("fold")
+    if fold is None:
+        match = re.search(r"(?:^|/)fold_(\d+)(?:/|$)", Path(record.get("path", "")).as_posix())
+        fold = int(match[1]) if match else None
+    return fold
+
+
+def _created(record: dict[str, Any]) -> tuple[str, float]:
+    path = Path(record.get("path", ""))
+    return str(record.get("created") or ""), path.stat().st_mtime if path.is_file() else 0.0
+
+
+def latest_runs(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """Each run once: of the records of one dataset, backbone, criterion label, seed and fold, the newest.
+
+    Newest by ``created`` (UTC ISO time), then by the file's modification time. Records without a seed are
+    all kept (nothing says they repeat one another).
+
+    Args:
+        records: as from `load_records`.
+
+    Returns:
+        ``(kept, reruns)``: the kept records in their input order, and ``{id(kept record): number of older
+        reruns left out}`` for those that had reruns.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for i, r in enumerate(records):
+        seed = r.get("seed")
+        key = (r["dataset"], r["backbone"], _label(r["criterion"]), seed, run_fold(r)) if seed is not None else i
+        groups[key].append(r)
+    newest = {id(max(group, key=_created)): len(group) - 1 for group in groups.values()}
+    kept = [r for r in records if id(r) in newest]
+    return kept, {key: n for key, n in newest.items() if n}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + "s" * (n != 1)
+
+
+def _cell(runs: Sequence[tuple[float, int | None, int]], digits: int) -> str:
+    """``mean ± std (n)`` of the (value, fold, reruns left out) of a cell's runs; ``n`` names folds as folds."""
+    if not runs:
         return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f} (n=1)"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
+    values = [v for v, _, _ in runs]
+    folds = len({f for _, f, _ in runs} - {None})
+    reruns = sum(r for _, _, r in runs)
+    count = _plural(folds, "fold") if folds == len(values) else f"n={len(values)}" + (
+        f": {_plural(folds, 'fold')}" if folds else "")
+    count += f"; {_plural(reruns, 'rerun')} left out" if reruns else ""
+    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.{digits}f}{spread} ({count})"
 
 
 def _unit(metric: str) -> str:
@@ -96,7 +149,8 @@ def comparison_table(records: Sequence[dict[str, Any]], metric: str = "test_top1
     """A markdown table of ``metric``: rows = dataset / backbone, columns = criteria, cells = mean ± std (n).
 
     Columns are sorted by label with cross-entropy (``CE``) first, as the paper's baseline column.
-    Runs without ``metric`` are left out of its cells.
+    Runs without ``metric`` are left out of its cells. Each run counts once (`latest_runs`): a cell notes
+    the reruns it left out, and says ``k folds`` when its runs are cross-validation folds (`run_fold`).
 
     Args:
         records: as from `load_records`.
@@ -109,10 +163,11 @@ def comparison_table(records: Sequence[dict[str, Any]], metric: str = "test_top1
     Raises:
         ValueError: no record has ``metric`` (the message lists the metrics that are there).
     """
-    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    runs: dict[tuple[str, str], dict[str, list[tuple[float, int | None, int]]]] = defaultdict(lambda: defaultdict(list))
     columns: set[str] = set()
     available: set[str] = set()
-    for record in records:
+    kept, reruns = latest_runs(records)
+    for record in kept:
         available.update(record["metrics"])
         value = record["metrics"].get(metric)
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -121,28 +176,21 @@ def comparison_table(records: Sequence[dict[str, Any]], metric: str = "test_top1
         row = (dataset.removesuffix("DataModule") or dataset, str(record["backbone"]))
         column = _label(record["criterion"])
         columns.add(column)
-        cells[row][column].append(float(value))
+        runs[row][column].append((float(value), run_fold(record), reruns.get(id(record), 0)))
     if not columns:
         raise ValueError(f"metric: expected one of {sorted(available)}, got {metric!r}")
     ordered = sorted(columns, key=lambda c: (not (c == "CE" or c.startswith("CE(")), c))
     unit = _unit(metric)
     lines = [
-        f"{metric}{f' ({unit})' if unit else ''}: mean ± std over seeds (n runs)",
+        f"{metric}{f' ({unit})' if unit else ''}: mean ± std over seeds or CV folds (n runs)",
         "",
         "| dataset / backbone | " + " | ".join(ordered) + " |",
         "|---|" + "---|" * len(ordered),
     ]
-    for row in sorted(cells):
-        lines.append(f"| {row[0]} / {row[1]} | " + " | ".join(_cell(cells[row][c], digits) for c in ordered) + " |")
+    for row in sorted(runs):
+        lines.append(f"| {row[0]} / {row[1]} | " + " | ".join(_cell(runs[row].get(c, []), digits) for c in ordered)
+                     + " |")
     return "\n".join(lines)
-
-
-def _duplicate_seeds(records: Sequence[dict[str, Any]]) -> list[str]:
-    seen: dict[tuple, list[str]] = defaultdict(list)
-    for r in records:
-        if r.get("seed") is not None:
-            seen[(r["dataset"], r["backbone"], _label(r["criterion"]), r["seed"])].append(r["path"])
-    return [f"seed {key[3]} of {key[0]}/{key[1]}/{key[2]}: {paths}" for key, paths in seen.items() if len(paths) > 1]
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -166,8 +214,6 @@ def main(args: Sequence[str] | None = None) -> None:
         parser.error(str(err))
     if not records:
         parser.error(f"no {METRICS_FILENAME} under {ns.runs}; run `crl test` (or fit with --test_after_fit true)")
-    for dup in _duplicate_seeds(records):
-        print(f"warning: several runs share {dup}", file=sys.stderr)
     tables = []
     for metric in ns.metric or ["test_top1_err"]:
         try:

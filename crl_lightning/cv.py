@@ -36,12 +36,14 @@ class FoldResult:
         num_test: test samples evaluated.
         exact_acc: exact (top-1) accuracy, percent.
         one_off_acc: one-off accuracy, percent.
+        run_dir: the fold's run folder (its checkpoint, ``test_metrics.json``, ``figures/``).
     """
 
     fold: int
     num_test: int
     exact_acc: float
     one_off_acc: float
+    run_dir: str = ""
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -70,6 +72,7 @@ def format_table(results: Sequence[FoldResult], title: str = "") -> str:
 
 def run_fold(base_args: Sequence[str], fold: int, root_dir: Path) -> FoldResult:
     """Fit from fresh weights with ``--data.fold fold`` in ``root_dir/fold_<fold>``, then test; see module doc."""
+    from crl_lightning.callbacks import run_dir
     from crl_lightning.cli import build_cli, weights_to_test
 
     args = ["fit", *base_args, "--data.fold", str(fold), "--test_after_fit", "false",
@@ -86,7 +89,7 @@ def run_fold(base_args: Sequence[str], fold: int, root_dir: Path) -> FoldResult:
     limit = cli.trainer.num_test_batches[0] if cli.trainer.num_test_batches else None
     if limit is not None and math.isfinite(limit):
         num_test = min(num_test, int(limit) * cli.datamodule.batch_size)
-    return FoldResult(fold, num_test, exact, one_off)
+    return FoldResult(fold, num_test, exact, one_off, str(run_dir(cli.trainer)))
 
 
 def run_cv(base_args: Sequence[str], folds: Sequence[int], root_dir: str | Path) -> list[FoldResult]:
@@ -155,4 +158,5 @@ def main(args: Sequence[str] | None = None) -> None:
     output = Path(opts.output) if opts.output else root_dir / "cv_results.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table, encoding="utf-8")
-    print(f"wrote {output}")
+    print(f"crl cv: wrote {output}; the folds' checkpoints, test_metrics.json and figures/ are in "
+          + ", ".join(f"{r.run_dir}/" for r in results))

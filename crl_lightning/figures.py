@@ -28,6 +28,8 @@ __all__ = [
 
 #: Above this many classes, cells are not annotated with numbers (they would not be readable).
 MAX_ANNOTATED_CLASSES = 20
+#: Above this many classes, the axes carry no class names (above `MAX_ANNOTATED_CLASSES` they are small).
+MAX_LABELLED_CLASSES = 100
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -47,6 +49,18 @@ def _names(names: Sequence[str] | None, n: int, what: str) -> list[str]:
     return [str(s) for s in names]
 
 
+def _label_classes(ax: Any, names: list[str], y: bool) -> None:
+    """Class names as the x (and, with ``y``, the y) tick labels, unless there are over `MAX_LABELLED_CLASSES`."""
+    if len(names) > MAX_LABELLED_CLASSES:
+        return
+    size = None if len(names) <= MAX_ANNOTATED_CLASSES else 5
+    rotated = max(map(len, names)) > 3
+    ax.set_xticks(range(len(names)), names, rotation=45 if rotated else 0, ha="right" if rotated else "center",
+                  fontsize=size)
+    if y:
+        ax.set_yticks(range(len(names)), names, fontsize=size)
+
+
 def softmax_heatmap(
     probs: Tensor,
     targets: Tensor | None = None,
@@ -56,9 +70,9 @@ def softmax_heatmap(
 ) -> Figure:
     """The softmax output heatmap of sample images, as the paper's Fig. 5.
 
-    Rows are images, columns predicted classes, each cell the probability (annotated when C <=
-    `MAX_ANNOTATED_CLASSES`); the true class of each row is boxed. With one image per class in class
-    order, a well-trained model puts its mass on the diagonal.
+    Rows are images, columns predicted classes (named when C <= `MAX_LABELLED_CLASSES`), each cell the
+    probability (annotated when C <= `MAX_ANNOTATED_CLASSES`); the true class of each row is boxed. With one
+    image per class in class order, a well-trained model puts its mass on the diagonal.
 
     Args:
         probs: (K, C) softmax probabilities in [0, 1], rows summing to 1.
@@ -89,8 +103,8 @@ def softmax_heatmap(
     ax = fig.add_subplot()
     image = ax.imshow(probs.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     fig.colorbar(image, ax=ax, label="softmax probability")
+    _label_classes(ax, cols, y=False)
     if c <= MAX_ANNOTATED_CLASSES:
-        ax.set_xticks(range(c), cols, rotation=45 if max(map(len, cols)) > 3 else 0, ha="right")
         for i in range(k):
             for j in range(c):
                 p = float(probs[i, j])
@@ -111,13 +125,17 @@ def softmax_heatmap(
 def reliability_diagram(
     confidence: Tensor, accuracy: Tensor, count: Tensor, ece: float | None = None, title: str = "Reliability diagram"
 ) -> Figure:
-    """Accuracy against confidence per bin, with the gap to the diagonal and the samples per bin.
+    """Accuracy against confidence per bin, the gap between them beside each bar, and the samples per bin.
+
+    In each confidence bin the left half holds the accuracy bar and the right half the gap: a bar from the
+    bin's accuracy to its mean confidence (above the accuracy: over-confident). The lower axes give the samples
+    per bin on a log scale, so that a bin of a few samples does not look like one of hundreds.
 
     Args:
         confidence: (B,) mean top-1 confidence per bin, fraction (``nan`` for an empty bin).
         accuracy: (B,) top-1 accuracy per bin, fraction (``nan`` for an empty bin).
         count: (B,) samples per bin.
-        ece: the expected calibration error (fraction), shown in the title as percent.
+        ece: the expected calibration error, a fraction (as in ``test_metrics.json``), shown in the title.
         title: axes title.
 
     Returns:
@@ -140,20 +158,21 @@ def reliability_diagram(
     conf = torch.where(filled, confidence, centers)
     fig = _figure(5.0, 6.0)
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.bar(centers.numpy(), acc.numpy(), width=width, edgecolor="black", color="tab:blue", label="accuracy")
-    gap_bottom = torch.minimum(acc, conf)
+    ax.bar((centers - width / 4).numpy(), acc.numpy(), width=width / 2, edgecolor="black", color="tab:blue",
+           label="accuracy")
     gap = (acc - conf).abs() * filled
-    ax.bar(centers.numpy(), gap.numpy(), bottom=gap_bottom.numpy(), width=width, color="tab:red", alpha=0.35,
-           hatch="//", edgecolor="tab:red", label="gap to confidence")
+    ax.bar((centers + width / 4).numpy(), gap.numpy(), bottom=torch.minimum(acc, conf).numpy(), width=width / 2,
+           color="tab:red", alpha=0.6, edgecolor="tab:red", label="gap: accuracy to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left")
-    ax.set_title(title + (f" (ECE = {100 * ece:.2f} %)" if ece is not None else ""))
+    ax.set_title(title + (f" (ECE = {ece:.4f})" if ece is not None else ""))
     hist.bar(centers.numpy(), count.numpy(), width=width, edgecolor="black", color="tab:gray")
+    hist.set_yscale("log")
     hist.set_xlabel("confidence (top-1 softmax probability)")
-    hist.set_ylabel("samples")
+    hist.set_ylabel("samples (log)")
     return fig
 
 
@@ -170,7 +189,8 @@ def confusion_matrix_figure(
         title: axes title.
 
     Returns:
-        A `matplotlib.figure.Figure`; cells are annotated when C <= `MAX_ANNOTATED_CLASSES`.
+        A `matplotlib.figure.Figure`; the axes carry the class names when C <= `MAX_LABELLED_CLASSES`, and
+        the cells their values when C <= `MAX_ANNOTATED_CLASSES`.
 
     Raises:
         ValueError: ``confusion`` not square 2-D, or wrong number of names.
@@ -187,9 +207,8 @@ def confusion_matrix_figure(
     ax = fig.add_subplot()
     image = ax.imshow(values.numpy(), cmap="Blues", vmin=0.0, vmax=100.0 if normalize else None)
     fig.colorbar(image, ax=ax, label="% of true class" if normalize else "samples")
+    _label_classes(ax, names, y=True)
     if c <= MAX_ANNOTATED_CLASSES:
-        ax.set_xticks(range(c), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
-        ax.set_yticks(range(c), names)
         top = float(values.max()) if values.numel() else 0.0
         for i in range(c):
             for j in range(c):

@@ -404,4 +404,6 @@ def main(args: Sequence[str] | None = None) -> None:
     report = format_study(study)
     write_text_atomic(out / "study.md", report)
     print(report)
-    print(f"crl study: wrote {out / 'study.json'}, {out / 'study.md'}" + (f", {curves}" if curves else ""))
+    print(f"crl study: wrote {out / 'study.json'}, {out / 'study.md'}" + (f", {curves}" if curves else "")
+          + f"; each run's checkpoint, test_metrics.json, history.csv and figures/ are under {out}/<criterion>/"
+          "seed_<seed>/")

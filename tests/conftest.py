@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,3 +21,19 @@ def one_thread():
 def plain_argv(monkeypatch):
     """A bare ``sys.argv``: LightningCLI warns when pytest's own arguments are present beside ``args``."""
     monkeypatch.setattr("sys.argv", ["crl"])
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """File name -> the matplotlib Figure written to it, for every figure `crl_lightning.figures` saves in the test."""
+    from crl_lightning import figures
+
+    saved = {}
+    save = figures.save_figure
+
+    def capture(fig, path):
+        saved[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "save_figure", capture)
+    return saved

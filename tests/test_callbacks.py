@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from types import SimpleNamespace
 
@@ -17,7 +18,7 @@ FIGURES = ["figures/confusion_matrix.png", "figures/reliability_diagram.png", "f
 
 
 @pytest.mark.usefixtures("plain_argv")
-def test_fit_then_test_writes_exactly_the_report_files_and_keys(tmp_path):
+def test_fit_then_test_writes_exactly_the_report_files_and_keys(tmp_path, saved_figures):
     cli = build_cli(["fit", "--config", str(CONFIGS / "digits_crl.yaml"), "--test_after_fit", "true",
                      "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
                      "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
@@ -34,11 +35,20 @@ def test_fit_then_test_writes_exactly_the_report_files_and_keys(tmp_path):
     assert record["files"] == {"confusion_matrix": "confusion_matrix.csv", "figures": {
         "softmax_heatmap": FIGURES[2], "reliability_diagram": FIGURES[1], "confusion_matrix": FIGURES[0]}}
     assert record["num_samples"] == 128 and len(record["per_class_acc"]) == 10  # 2 test batches of 64
-    rows = (run / "confusion_matrix.csv").read_text().splitlines()
-    assert len(rows) == 10 and sum(int(v) for row in rows for v in row.split(",")) == 128
+    digits = [str(d) for d in range(10)]
+    header, *rows = list(csv.reader((run / "confusion_matrix.csv").open()))
+    assert header == ["true\\predicted", *digits]  # rows are the true classes, columns the predicted ones
+    assert [row[0] for row in rows] == digits and record["class_names"] == digits
+    counts = [[int(v) for v in row[1:]] for row in rows]
+    assert sum(map(sum, counts)) == 128
     (report,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, TestReport)]  # added by the model
     assert report.last_path == run / METRICS_FILENAME
-    assert report.results["confusion_matrix"].tolist() == [[int(v) for v in row.split(",")] for row in rows]
+    assert report.results["confusion_matrix"].tolist() == counts
+    # the figure files name the digits on their class axes
+    confusion, heatmap = saved_figures["confusion_matrix.png"].axes[0], saved_figures["softmax_heatmap.png"].axes[0]
+    assert [t.get_text() for t in confusion.get_xticklabels()] == digits
+    assert [t.get_text() for t in confusion.get_yticklabels()] == digits
+    assert [t.get_text() for t in heatmap.get_xticklabels()] == digits
     assert report.results["samples"]["target"].tolist() == list(range(10))
 
 

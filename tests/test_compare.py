@@ -17,10 +17,11 @@ CRL = {"name": "CompetingRatioLoss", "params": {"alpha": 1.5, "beta": 1.0}, "lab
 CE = {"name": "CrossEntropyLoss", "params": {}, "label": "CE"}
 
 
-def write_run(folder: Path, dataset: str, backbone: str, criterion: dict, seed: int, err: float, **metrics) -> None:
+def write_run(folder: Path, dataset: str, backbone: str, criterion: dict, seed: int, err: float, created: str = "",
+              config: dict | None = None, **metrics) -> None:
     folder.mkdir(parents=True)
     record = {"dataset": dataset, "backbone": backbone, "criterion": criterion, "seed": seed,
-              "metrics": {"test_top1_err": err, **metrics}}
+              "metrics": {"test_top1_err": err, **metrics}, "created": created, "config": config}
     (folder / METRICS_FILENAME).write_text(json.dumps(record))
 
 
@@ -38,7 +39,7 @@ def two_run_folders(tmp_path):
 
 
 EXPECTED = """\
-test_top1_err (%): mean ± std over seeds (n runs)
+test_top1_err (%): mean ± std over seeds or CV folds (n runs)
 
 | dataset / backbone | CE | CRL(alpha=1.5, beta=1) |
 |---|---|---|
@@ -55,7 +56,7 @@ def test_compare_two_fake_run_folders_prints_the_table(two_run_folders, capsys):
 def test_compare_several_metrics_and_digits(two_run_folders, capsys):
     crl(["compare", str(two_run_folders[0]), "--metric", "test_ece", "--digits", "3"])
     assert capsys.readouterr().out == (
-        "test_ece (fraction): mean ± std over seeds (n runs)\n\n"
+        "test_ece (fraction): mean ± std over seeds or CV folds (n runs)\n\n"
         "| dataset / backbone | CE |\n|---|---|\n"
         "| CIFAR10 / cifar_resnet34 | 0.045 ± 0.007 (n=2) |\n"
     )
@@ -89,12 +90,24 @@ def test_compare_names_and_skips_a_truncated_metrics_file(two_run_folders, capsy
     assert "| CIFAR10 / cifar_resnet34 | 6.50 (n=1) | 6.00 ± 0.10 (n=3) |" in captured.out
 
 
-def test_compare_warns_on_a_repeated_seed(two_run_folders, tmp_path, capsys):
-    write_run(tmp_path / "again", "CIFAR10DataModule", "cifar_resnet34", CE, 0, 6.6)
+def test_compare_counts_a_rerun_once(two_run_folders, tmp_path, capsys):
+    """A second run of CE seed 0 is a rerun, not a third seed: the newest counts and the cell says so."""
+    write_run(tmp_path / "again", "CIFAR10DataModule", "cifar_resnet34", CE, 0, 6.9, created="2027-01-01T00:00:00")
     crl(["compare", str(two_run_folders[0]), str(tmp_path / "again")])
     captured = capsys.readouterr()
-    assert "several runs share seed 0 of CIFAR10DataModule/cifar_resnet34/CE" in captured.err
-    assert "6.60 ± 0.10 (n=3)" in captured.out
+    # seeds 0 (the rerun's 6.9, newer than 6.5) and 1 (6.7): 6.80 +- 0.14, n=2
+    assert "| CIFAR10 / cifar_resnet34 | 6.80 ± 0.14 (n=2; 1 rerun left out) | 6.00 ± 0.10 (n=3) |" in captured.out
+
+
+def test_compare_labels_cross_validation_folds(tmp_path, capsys):
+    for fold, err in enumerate([30.0, 32.0, 34.0]):  # crl cv records: the fold is in the config
+        write_run(tmp_path / "cv" / f"fold_{fold}" / "lightning_logs" / "version_0", "AdienceDataModule",
+                  "cifar_resnet34", CRL, 0, err, config={"data": {"init_args": {"fold": fold}}})
+    write_run(tmp_path / "old" / "fold_3", "AdienceDataModule", "cifar_resnet34", CRL, 0, 36.0)  # fold from the path
+    write_run(tmp_path / "again" / "fold_3", "AdienceDataModule", "cifar_resnet34", CRL, 0, 38.0, created="2027")
+    crl(["compare", str(tmp_path)])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "| Adience / cifar_resnet34 | 33.50 ± 3.42 (4 folds; 1 rerun left out) |")  # 30, 32, 34 and 38
 
 
 def test_criterion_labels():
@@ -108,10 +121,12 @@ def test_criterion_labels():
 
 def test_crl_test_writes_the_file_that_compare_reads(tmp_path, capsys):
     root = tmp_path / "run"
-    crl(["test", "--config", DIGITS, "--trainer.default_root_dir", str(root), "--trainer.limit_test_batches", "2",
-         "--trainer.enable_progress_bar", "false", "--model.init_args.criterion.init_args.beta", "0.5"])
-    (path,) = root.rglob(METRICS_FILENAME)
+    for _ in range(2):  # a run and its rerun
+        crl(["test", "--config", DIGITS, "--trainer.default_root_dir", str(root), "--trainer.limit_test_batches",
+             "2", "--trainer.enable_progress_bar", "false", "--model.init_args.criterion.init_args.beta", "0.5"])
+    path, rerun = sorted(root.rglob(METRICS_FILENAME))
     assert path.parent == root / "lightning_logs" / "version_0"  # the run folder of the default logger
+    assert rerun.parent == root / "lightning_logs" / "version_1"
     record = json.loads(path.read_text())
     assert (record["dataset"], record["backbone"], record["seed"]) == ("DigitsDataModule", "preact_resnet20", 0)
     assert record["criterion"]["label"] == "CRL(alpha=1.5, beta=0.5)"
@@ -121,11 +136,12 @@ def test_crl_test_writes_the_file_that_compare_reads(tmp_path, capsys):
     for name in ("softmax_heatmap", "reliability_diagram", "confusion_matrix"):
         png = path.parent / record["files"]["figures"][name]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = (path.parent / "confusion_matrix.csv").read_text().splitlines()
-    assert len(rows) == 10 and sum(int(v) for row in rows for v in row.split(",")) == 128
+    header, *rows = [line.split(",") for line in (path.parent / "confusion_matrix.csv").read_text().splitlines()]
+    assert header[1:] == [str(d) for d in range(10)] and sum(int(v) for row in rows for v in row[1:]) == 128
     capsys.readouterr()
     crl(["compare", str(root)])
     err = record["metrics"]["test_top1_err"]
-    assert capsys.readouterr().out.splitlines()[-1] == f"| Digits / preact_resnet20 | {err:.2f} (n=1) |"
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"| Digits / preact_resnet20 | {err:.2f} (n=1; 1 rerun left out) |"  # one run, not two seeds
     assert comparison_table(load_records([root]), "test_nll").endswith(
-        f"| {record['metrics']['test_nll']:.2f} (n=1) |")
+        f"| {record['metrics']['test_nll']:.2f} (n=1; 1 rerun left out) |")

@@ -69,7 +69,8 @@ def test_cv_five_folds_fast_dev_run_fresh_weights(adience_root, tmp_path, capsys
     assert all(c == pytest.approx(starts[0][1]) for _, c in starts)  # ...from the same seeded initialisation
 
 
-def test_cv_tests_best_checkpoint_and_logs_one_off_even_if_ordinal_is_off(adience_root, tmp_path, monkeypatch):
+def test_cv_tests_best_checkpoint_and_logs_one_off_even_if_ordinal_is_off(adience_root, tmp_path, monkeypatch,
+                                                                           capsys):
     from lightning.pytorch import Trainer
 
     ckpt_paths = []
@@ -85,6 +86,10 @@ def test_cv_tests_best_checkpoint_and_logs_one_off_even_if_ordinal_is_off(adienc
           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
           "--data.val_split", "0.25", *FAST, "--model.init_args.ordinal", "false"])
     assert ckpt_paths == ["best"]  # only cv's own test (--test_after_fit false), on the saved checkpoint
+    cv = tmp_path / "cv"
+    assert capsys.readouterr().out.splitlines()[-1] == (  # the last line says where the results are
+        f"crl cv: wrote {cv}/cv_results.md; the folds' checkpoints, test_metrics.json and figures/ are in "
+        f"{cv}/fold_3/lightning_logs/version_0/")
     assert list((tmp_path / "cv" / "fold_3").glob("lightning_logs/version_0/checkpoints/*.ckpt"))
     table = (tmp_path / "cv" / "cv_results.md").read_text()
     rows = _rows(table)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from crl_lightning.data import AdienceDataModule
 from crl_lightning.figures import (
     confusion_matrix_figure,
     reliability_diagram,
@@ -64,6 +65,34 @@ def test_save_test_figures_writes_three_valid_pngs(tmp_path):
         assert_png(path)
 
 
+def tick_labels(ax, axis: str) -> list[str]:
+    """The tick label texts of ``ax``'s x or y axis."""
+    return [t.get_text() for t in (ax.get_xticklabels() if axis == "x" else ax.get_yticklabels())]
+
+
+def test_saved_figures_name_the_classes(tmp_path, saved_figures):
+    saved = saved_figures
+    names = AdienceDataModule(data_dir=tmp_path).classes  # the age groups, as the Adience test report names them
+    assert names == ["0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53", "60-100"]
+    results = fake_results()
+    save_test_figures(results, tmp_path, class_names=names)
+    heatmap, confusion = saved["softmax_heatmap.png"].axes[0], saved["confusion_matrix.png"].axes[0]
+    assert tick_labels(heatmap, "x") == names
+    assert tick_labels(heatmap, "y") == [f"#{i} ({names[c]})" for i, c in zip(
+        results["samples"]["index"].tolist(), results["samples"]["target"].tolist(), strict=True)]
+    assert tick_labels(confusion, "x") == names and tick_labels(confusion, "y") == names
+    assert (confusion.get_xlabel(), confusion.get_ylabel()) == ("predicted class", "true class")
+
+
+def test_many_classes_keep_their_names_without_cell_numbers():
+    names = [f"class_{i}" for i in range(50)]
+    ax = confusion_matrix_figure(torch.eye(50, dtype=torch.long), class_names=names).axes[0]
+    assert tick_labels(ax, "x") == names and tick_labels(ax, "y") == names
+    assert not ax.texts  # 2,500 cells: no numbers
+    assert tick_labels(confusion_matrix_figure(torch.eye(101, dtype=torch.long)).axes[0], "x") != [
+        str(i) for i in range(101)]  # over MAX_LABELLED_CLASSES: matplotlib's own ticks
+
+
 def test_save_test_figures_skips_missing_data(tmp_path):
     results = fake_results()
     results["samples"]["probs"] = torch.empty(0, 8)
@@ -94,11 +123,17 @@ def test_reliability_diagram_bars():
     fig = reliability_diagram(torch.tensor([0.25, float("nan")]), torch.tensor([0.5, float("nan")]),
                               torch.tensor([4.0, 0.0]), ece=0.125)
     ax, hist = fig.axes[:2]
-    assert ax.get_title() == "Reliability diagram (ECE = 12.50 %)"
-    heights = [p.get_height() for p in ax.patches]
-    assert heights[:2] == pytest.approx([0.5, 0.0])  # accuracy bars; an empty bin draws nothing
-    assert heights[2:4] == pytest.approx([0.25, 0.0])  # the gap |acc - conf|
-    assert [p.get_height() for p in hist.patches] == [4.0, 0.0]
+    assert ax.get_title() == "Reliability diagram (ECE = 0.1250)"  # a fraction, as in test_metrics.json
+    accuracy, gap = ax.patches[:2], ax.patches[2:4]
+    assert [p.get_height() for p in accuracy] == pytest.approx([0.5, 0.0])  # an empty bin draws nothing
+    assert [p.get_height() for p in gap] == pytest.approx([0.25, 0.0])  # |acc - conf|, from conf 0.25 up to 0.5
+    assert gap[0].get_y() == pytest.approx(0.25)
+    # beside, not over: the accuracy bar fills the left half of the bin [0, 0.5], the gap the right half
+    assert (accuracy[0].get_x(), accuracy[0].get_width()) == pytest.approx((0.0, 0.25))
+    assert (gap[0].get_x(), gap[0].get_width()) == pytest.approx((0.25, 0.25))
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["perfect calibration", "accuracy", "gap: accuracy to mean confidence"]
+    assert hist.get_yscale() == "log" and [p.get_height() for p in hist.patches] == [4.0, 0.0]
 
 
 def test_figure_argument_errors():

@@ -316,15 +316,23 @@ def test_test_only_metrics_and_results(tmp_path):
         assert int(data.tensors[1][index]) == t_
 
 
-def test_progress_bar_shows_loss_and_top1_error(tmp_path):
+def test_progress_bar_shows_only_the_loss_and_top1_errors(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from crl_lightning.callbacks import CompactProgressBar
+
     model = TinyClassifier(num_classes=10, in_chans=1, test_report=False)
     data = make_data(64)
-    t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=True)
+    bar = CompactProgressBar()
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[bar],
+                logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_progress_bar=True)
     t.fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
-    shown = set(t.progress_bar_metrics)
-    assert {"train_loss_step", "train_top1_err_step", "train_top1_err", "val_loss", "val_top1_err"} <= shown
+    shown = {"train_loss_step", "train_top1_err_step", "val_top1_err"}
+    assert set(t.progress_bar_metrics) == shown and set(bar.get_metrics(t, model)) == shown  # no v_num
     assert "train_top1_err_step" not in t.logged_metrics  # the bar only
-    assert "val_top5_err" not in shown and "val_top5_err" in t.callback_metrics
+    logged = {"train_loss", "train_loss_step", "train_top1_err", "train_top5_err", "val_loss", "val_top1_err",
+              "val_top5_err"}
+    assert logged <= set(t.logged_metrics)  # everything else is still logged
 
 
 def test_plain_python_test_writes_the_metrics_file(tmp_path):

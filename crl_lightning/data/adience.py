@@ -325,6 +325,7 @@ class AdienceDataModule(ImageFileDataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         ValueError: bad arguments; at setup, malformed fold files, unknown age/gender strings, a subject in
@@ -357,11 +358,13 @@ class AdienceDataModule(ImageFileDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
                          persistent_workers, seed, val_split,
                          trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         checks = {
             "task": (task, ("age", "gender")),
             "age_policy": (age_policy, ("drop", "nearest")),
@@ -385,6 +388,13 @@ class AdienceDataModule(ImageFileDataModule):
     def num_classes(self) -> int:  # type: ignore[override]
         """8 age groups or 2 genders."""
         return len(ADIENCE_AGE_GROUPS) if self.task == "age" else len(ADIENCE_GENDERS)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in class-index order: the age groups (``0-2``, ..., ``60-100``) or ``f``, ``m``."""
+        if self.task == "age":
+            return [group.strip("()").replace(", ", "-") for group in ADIENCE_AGE_GROUPS]
+        return sorted(ADIENCE_GENDERS, key=ADIENCE_GENDERS.__getitem__)
 
     @property
     def has_val_split(self) -> bool:  # type: ignore[override]

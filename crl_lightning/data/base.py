@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from crl_lightning.data import transforms as T
@@ -28,9 +30,12 @@ __all__ = [
     "ImageFileDataset",
     "TensorImageDataset",
     "TransformedSubset",
+    "UnlabelledImageDataset",
     "collate_batched",
     "dataset_targets",
     "explain_download_failure",
+    "is_image_file",
+    "list_image_files",
     "load_rgb_image",
     "skip_none_collate",
 ]
@@ -209,6 +214,51 @@ class ImageFileDataset(Dataset):
         return int(self._skipped.sum())
 
 
+def is_image_file(path: str) -> bool:
+    """True for a file name or path with an image extension (`IMG_EXTENSIONS`) that is not hidden (``._x.jpg``)."""
+    name = os.path.basename(path)
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (sub-folders included; `is_image_file`), sorted by path.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder.
+        ValueError: it holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"predict_dir: expected a folder of images, got {folder} (no such folder)")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p.name))
+    if not paths:
+        raise ValueError(f"predict_dir: expected image files ({', '.join(IMG_EXTENSIONS)}) in {folder}, got none")
+    return paths
+
+
+class UnlabelledImageDataset(ImageFileDataset):
+    """Image files without classes: ``dataset[i]`` is ``(image, -1)``, a PIL image in mode `mode`.
+
+    Args:
+        paths: one image file per sample.
+        mode: PIL mode the images are converted to: ``"RGB"``, or ``"L"`` for one-channel models.
+        bad_images: ``"raise"`` or ``"skip"`` undecodable files (see `ImageFileDataset`).
+
+    Raises:
+        ValueError: a mode other than ``"RGB"`` and ``"L"``, or an unknown ``bad_images``.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], mode: str = "RGB", bad_images: BadImagePolicy = "raise") -> None:
+        if mode not in ("RGB", "L"):
+            raise ValueError(f"mode: expected 'RGB' or 'L', got {mode!r}")
+        super().__init__(paths, [-1] * len(paths), bad_images)
+        self.mode = mode
+
+    def load_image(self, index: int) -> Image.Image:
+        """The image of sample ``index`` in `mode` (see `load_rgb_image` for the errors)."""
+        return super().load_image(index).convert(self.mode)
+
+
 class TensorImageDataset(Dataset):
     """Images held in memory as one uint8 (N, C, H, W) tensor, with integer targets.
 
@@ -279,6 +329,11 @@ class ImageDataModule(L.LightningDataModule):
     (``val_split`` fraction, stratified by class, seeded); with ``val_split=0`` validation runs on the
     test split, as the paper does (it reports test error curves).
 
+    ``predict`` runs on the test split, or with ``predict_dir`` on every image file under that folder
+    (`list_image_files`: unlabelled, any folder layout), read in the mode of the model's input (RGB, or grey
+    when `in_chans` is 1) and given the evaluation transform of the DataModule (`eval_transform`, with the
+    normalisation of its training data, which must then be readable as for a test).
+
     Args:
         data_dir: root folder of the dataset files.
         batch_size: samples per batch, per process.
@@ -299,6 +354,7 @@ class ImageDataModule(L.LightningDataModule):
         cutmix_alpha: CutMix (``v2.CutMix``) likewise; with both, each batch gets one of the two, at random.
             MixUp/CutMix turn the (N,) targets into (N, C) soft targets, which CE and CRL's soft-target form
             take; the training top-1 error is then not logged (there is no single correct class).
+        predict_dir: a folder of images for ``predict`` (see above); ``None`` predicts the test split.
 
     Raises:
         ValueError: ``batch_size < 1``, ``num_workers < 0``, ``val_split`` outside ``[0, 1)``, both
@@ -328,6 +384,7 @@ class ImageDataModule(L.LightningDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if trivial_augment and rand_augment:
@@ -353,6 +410,7 @@ class ImageDataModule(L.LightningDataModule):
         self.augment_on_device = augment_on_device
         self.trivial_augment, self.rand_augment, self.random_erasing = trivial_augment, rand_augment, random_erasing
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.predict_dir = None if predict_dir is None else Path(predict_dir).expanduser()
         self.datasets: dict[str, Dataset] = {}
 
     # ----- extension points -------------------------------------------------------------------
@@ -445,6 +503,17 @@ class ImageDataModule(L.LightningDataModule):
             self._setup_fit()
         if stage in ("test", "predict", None) and "test" not in self.datasets:
             self.datasets["test"] = TransformedSubset(self.build_dataset("test"), transform=self.transform("test"))
+        if stage == "predict":
+            self._setup_predict()
+
+    def _setup_predict(self) -> None:
+        """``datasets["predict"]``: the images under `predict_dir` (nothing without it); after the test split."""
+        if self.predict_dir is None or "predict" in self.datasets:
+            return
+        images = UnlabelledImageDataset(list_image_files(self.predict_dir), "L" if self.in_chans == 1 else "RGB")
+        # uint8 tensors when the batches are normalised on the device (augment_on_device: no per-image transform)
+        self.datasets["predict"] = TransformedSubset(images, transform=self.transform("predict") or v2.PILToTensor())
+        log.info("%s: predicting %d images under %s", type(self).__name__, len(images), self.predict_dir)
 
     def teardown(self, stage: str | None = None) -> None:
         skipped = self.num_skipped_images()
@@ -500,7 +569,7 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._loader("predict" if "predict" in self.datasets else "test", train=False)
 
 
 class ImageFileDataModule(ImageDataModule):
@@ -527,6 +596,7 @@ class ImageFileDataModule(ImageDataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         ValueError: not ``1 <= image_size <= resize_size``, an unknown ``bad_images`` policy, or any
@@ -550,10 +620,12 @@ class ImageFileDataModule(ImageDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
                          trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         resize_size = resize_size if resize_size is not None else round(image_size * 8 / 7)
         if not 1 <= image_size <= resize_size:
             raise ValueError(

@@ -42,6 +42,7 @@ class CIFAR10DataModule(ImageDataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         FileNotFoundError: at setup, when the files are missing and ``download`` is off; the message
@@ -71,10 +72,12 @@ class CIFAR10DataModule(ImageDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
                          augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         self.download = download
 
     def prepare_data(self) -> None:
@@ -161,6 +164,7 @@ class CIFAR100DataModule(CIFAR10DataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         ValueError: an unknown ``target_type``; at setup, see `CIFAR10DataModule`.
@@ -189,10 +193,12 @@ class CIFAR100DataModule(CIFAR10DataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(data_dir, download, batch_size, num_workers, pin_memory, persistent_workers, seed,
                          val_split, augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         if target_type not in ("fine", "coarse"):
             raise ValueError(f"target_type: expected 'fine' or 'coarse', got {target_type!r}")
         self.target_type = target_type

@@ -287,6 +287,7 @@ class CUB200DataModule(ImageFileDataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         ValueError: ``image_size < 1``, or (at setup) malformed metadata.
@@ -313,12 +314,27 @@ class CUB200DataModule(ImageFileDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
                          persistent_workers, seed, val_split,
                          trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         self.crop_to_bbox = crop_to_bbox
+
+    @property
+    def classes(self) -> list[str]:
+        """The 200 species in class-index order from ``classes.txt`` (``Black_footed_Albatross``, ...); [] without it.
+
+        Raises:
+            ValueError: a malformed ``classes.txt``.
+        """
+        try:
+            table = _read_id_table(find_cub_root(self.data_dir) / "classes.txt", 2, "class id and name")
+        except FileNotFoundError:
+            return []
+        return [table[i][0].partition(".")[2] or table[i][0] for i in sorted(table)]
 
     def build_dataset(self, split: str) -> Dataset:
         if split not in ("train", "test"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ class DigitsDataModule(ImageDataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         ValueError: ``test_split`` outside (0, 1), or any base-class argument error.
@@ -66,10 +68,12 @@ class DigitsDataModule(ImageDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(".", batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
                          augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         if not 0.0 < test_split < 1.0:
             raise ValueError(f"test_split: expected a fraction in (0, 1), got {test_split}")
         self.test_split = test_split

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,22 +21,17 @@ from crl_lightning.data.base import (
     ImageFileDataset,
     TensorImageDataset,
     TransformedSubset,
+    is_image_file,
     skip_none_collate,
 )
 from crl_lightning.data.splits import class_balanced_subset
 
-__all__ = ["ImageFolderDataModule", "Preset", "channel_stats", "decode_to_tensor", "is_image_file", "list_image_folder"]
+__all__ = ["ImageFolderDataModule", "Preset", "channel_stats", "decode_to_tensor", "list_image_folder"]
 
 log = logging.getLogger(__name__)
 
 #: Transform presets of `ImageFolderDataModule`.
 Preset = Literal["cifar", "imagenet"]
-
-
-def is_image_file(path: str) -> bool:
-    """True for a file name or path with an image extension (`IMG_EXTENSIONS`) that is not hidden (``._x.jpg``)."""
-    name = os.path.basename(path)
-    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
 def list_image_folder(
@@ -223,6 +217,7 @@ class ImageFolderDataModule(ImageDataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         FileNotFoundError: ``data_dir/train`` is missing (at construction: the class count is needed to build
@@ -254,10 +249,12 @@ class ImageFolderDataModule(ImageDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
                          augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         if augment_on_device and not (in_memory and preset == "cifar" and image_size is None):
             raise ValueError(
                 "augment_on_device: expected in_memory: true, preset: cifar and no image_size (native size), got "
@@ -328,6 +325,8 @@ class ImageFolderDataModule(ImageDataModule):
             if "test" not in self.datasets:
                 self.datasets["test"] = self._view("test", self.build_dataset("test"), None)
             self._set_transforms()
+        if stage == "predict":
+            self._setup_predict()  # after the transforms: it takes the evaluation transform with these stats
 
     def _set_transforms(self) -> None:
         if self.stats is None:

@@ -10,8 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import find_classes
 
-from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset
-from crl_lightning.data.folder import is_image_file, list_image_folder
+from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset, is_image_file
+from crl_lightning.data.folder import list_image_folder
 
 __all__ = ["ImageNetDataModule", "list_flat_val"]
 
@@ -124,6 +124,7 @@ class ImageNetDataModule(ImageFileDataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         ValueError: bad arguments; at setup, a class count that differs from ``num_classes``, a val folder
@@ -152,11 +153,13 @@ class ImageNetDataModule(ImageFileDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
                          persistent_workers, seed, val_split,
                          trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         if num_classes < 1:
             raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
         if val_labels is not None and Path(val_labels).suffix.lower() != ".csv":

@@ -87,6 +87,7 @@ class SVHNDataModule(ImageDataModule):
         random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
         mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
         cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
+        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
 
     Raises:
         FileNotFoundError: at setup, a ``.mat`` file is missing and ``download`` is off.
@@ -94,6 +95,8 @@ class SVHNDataModule(ImageDataModule):
     """
 
     num_classes = 10
+    #: Class names: the digits themselves (the files' label 10 is the digit 0).
+    classes = [str(d) for d in range(10)]
     stats = T.SVHN_STATS
 
     def __init__(
@@ -113,10 +116,12 @@ class SVHNDataModule(ImageDataModule):
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        predict_dir: str | Path | None = None,
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
                          augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                         predict_dir=predict_dir)
         self.use_extra, self.download = use_extra, download
 
     def _splits(self, split: str) -> tuple[str, ...]:

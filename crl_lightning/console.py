@@ -1,0 +1,167 @@
+"""What the ``crl`` command prints: one-line errors, and no tips or known-harmless warnings from its libraries.
+
+Only `crl_lightning.cli.console_main` (the ``crl`` console script) calls `quiet_console` and `error_message`:
+importing the package changes no warning filter and no logger, so library users see what their libraries say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import warnings
+from pathlib import Path
+
+__all__ = [
+    "EVALUATION_WARNINGS",
+    "HARMLESS_WARNINGS",
+    "TRACEBACK_ENV",
+    "error_message",
+    "parse_error_message",
+    "quiet_console",
+]
+
+#: Environment variable that makes ``crl`` show the full traceback of an error (as ``--traceback`` does).
+TRACEBACK_ENV = "CRL_TRACEBACK"
+
+#: Warnings that ``crl`` hides, as (regular expression matched at the start of the message, category):
+#: torch's deprecation of ``LeafSpec``, which Lightning's ``_pytree`` still uses (nothing a user can change),
+#: and Lightning's notice that it logs with a CSVLogger when TensorBoard is not installed (it does).
+HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency", UserWarning),
+)
+#: Hidden too when ``crl`` only evaluates (validate, test, predict), where no checkpoint is written: the
+#: default ModelCheckpoint's notice that the ``ckpt_path`` came from another run folder.
+EVALUATION_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r"The dirpath has changed from .* therefore `best_model_score`", UserWarning),
+)
+#: The loggers of Lightning's ``rank_zero_info``, which prints its tips to install litlogger/litmodels.
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                      "lightning_fabric.utilities.rank_zero")
+_PACKAGE_DIR = Path(__file__).resolve().parent
+#: Lines of jsonargparse's parse errors that say no more than which types a field accepts and what it got.
+_GENERIC_LINES = (r"Parser key |Given value|Subtypes: |Errors:|Expected a <class |Does not validate against any of "
+                  r"the Union subtypes|Expected a path but |Expected a dot import path string"
+                  r"|Problem with given class_path")
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_console(evaluating: bool = False) -> None:
+    """Hide `HARMLESS_WARNINGS` and Lightning's "💡 Tip:" lines in this process (the ``crl`` command only).
+
+    Args:
+        evaluating: the command only evaluates (validate, test, predict): hide `EVALUATION_WARNINGS` too.
+    """
+    for message, category in HARMLESS_WARNINGS + (EVALUATION_WARNINGS if evaluating else ()):
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_a_tip not in logger.filters:
+            logger.addFilter(_not_a_tip)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from (``__cause__``, else an unsuppressed ``__context__``)."""
+    chain = [err]
+    while True:
+        last = chain[-1]
+        nxt = last.__cause__ or (None if last.__suppress_context__ else last.__context__)
+        if nxt is None or nxt in chain:
+            return chain
+        chain.append(nxt)
+
+
+def _raised_here(err: BaseException) -> bool:
+    """True when the innermost frame of ``err``'s traceback is in this package (a message of our own)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
+def error_message(err: BaseException) -> str:
+    """The one line that ``crl`` prints after ``crl: error: `` for ``err``.
+
+    * a command-line or config parse error (``argparse.ArgumentError``, from jsonargparse): `parse_error_message`;
+    * any other error: the message of the outermost exception of the chain (``raise ... from``) that this
+      package raised (so the project's own message when a class failed to build inside jsonargparse, not
+      jsonargparse's dump of the whole config), after the name of the class that failed to build
+      (``ImageClassifier: backbone: ...``) when jsonargparse names it; without such an exception, the innermost
+      one's message after its type (``RuntimeError: ...``).
+
+    Args:
+        err: the exception that ended the command.
+
+    Returns:
+        One line, without a final newline.
+    """
+    if isinstance(err, argparse.ArgumentError):
+        return parse_error_message(str(err))
+    chain = _chain(err)
+    i = next((i for i, e in enumerate(chain) if _raised_here(e)), len(chain) - 1)
+    text = _one_line(str(chain[i].args[0]) if isinstance(chain[i], KeyError) and chain[i].args else str(chain[i]))
+    if not _raised_here(chain[i]) or not text:
+        text = f"{type(chain[i]).__name__}: {text}" if text else type(chain[i]).__name__
+    built = re.search(r"class_path='([\w.]+)'", str(chain[i - 1])) if i > 0 else None
+    return f"{built[1].rpartition('.')[2]}: {text}" if built else text
+
+
+def parse_error_message(message: str) -> str:
+    """One line from jsonargparse's (multi-line, nested) message of a command-line or config parse error.
+
+    The innermost ``Parser key`` gives the field (nested keys joined with ``.init_args.``, e.g.
+    ``model.init_args.criterion``); then come jsonargparse's own specific lines (``Option 'alpah' is not
+    accepted``, an ambiguous class name), else the types the field accepts and its ``Given value``
+    (``trainer.max_epochs: expected int, got 'abc'``). A registry name given as a criterion (``crl``) says
+    which class path to write instead. A message without that structure is joined into one line.
+
+    Args:
+        message: ``str()`` of jsonargparse's ``ArgumentError``.
+
+    Returns:
+        One line, without a final newline.
+    """
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    innermost = message[message.rfind("Parser key"):] if keys else message
+    given = re.search(r"Given value: (.*)", innermost)
+    if not keys or given is None:
+        return _one_line(re.sub(r'Parser key "([^"]+)":', r"\1:", message))
+    field = keys[0] + "".join(f".init_args.{k}" for k in keys[1:])
+    value = given[1].strip()
+    if field.endswith(".criterion"):
+        hint = _criterion_hint(value)
+        if hint:
+            return f"{field}: {hint}"
+    lines = (line.strip().removeprefix("- ") for line in innermost.splitlines()[1:])
+    specific = [line for line in lines if line and not re.match(_GENERIC_LINES, line)]
+    if specific:
+        return f"{field}: {' '.join(specific)}" + ("" if value.startswith("NestedArg(") else f" (got {value!r})")
+    expected: list[str] = []
+    for names in re.findall(r"Subtypes: \[(.*)\]", innermost) + re.findall(r"Expected a (<class '[\w.]+'>)", innermost):
+        expected += [n for n in re.findall(r"<class '([\w.]+)'>", names) if n != "NoneType" and n not in expected]
+    expected = [f"a {n} subclass (a class path or class name)" if "." in n else n for n in expected]
+    return f"{field}: expected {' or '.join(expected) or 'another value'}, got {value!r}"
+
+
+def _criterion_hint(value: str) -> str | None:
+    """What to write instead of a criterion registry name (``crl``), or ``None`` for any other value."""
+    from crl_lightning import losses
+    from crl_lightning.losses.registry import criterion_class, list_criteria
+
+    if value not in list_criteria():
+        return None
+    cls = criterion_class(value)
+    path = f"crl_lightning.losses.{cls.__name__}" if getattr(losses, cls.__name__, None) is cls else \
+        f"{cls.__module__}.{cls.__qualname__}"
+    return (f"expected a loss class path, e.g. {path} (or the class name {cls.__name__}), got the registry name "
+            f"{value!r}; registry names are for create_criterion() and `crl study --criteria`")
