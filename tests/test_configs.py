@@ -93,7 +93,7 @@ def _imagenet(root: Path, monkeypatch) -> list[str]:
 def _image_folder(root: Path, monkeypatch) -> list[str]:
     from data_fixtures import write_image_folder
 
-    write_image_folder(root, {"train": 30, "test": 2}, size=(32, 32))  # val_split 0.04: >= 1 per class
+    write_image_folder(root, {"train": 50, "test": 2}, size=(32, 32))  # val_split 0.02: >= 1 per class
     return ["--data.init_args.data_dir", str(root), "--data.init_args.train_per_class", "3"]
 
 
@@ -123,7 +123,7 @@ SCHEDULES = {
 }
 #: The real-data study configs (not paper experiments): their own short schedules, by config file name.
 STUDY_SCHEDULES = {
-    "cifar10_jpeg_cpu.yaml": (15, [7, 11], 128),
+    "cifar10_jpeg_cpu.yaml": (12, [6, 9], 128),
     "cifar10_jpeg_gpu.yaml": (8, [4, 6], 256),
 }
 #: Overrides that let a GPU config run its fast_dev_run on this CPU-only test machine.
