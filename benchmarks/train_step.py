@@ -1,7 +1,7 @@
 """Training throughput: ImageClassifier + CRL under Lightning's Trainer against a plain PyTorch loop, and CRL vs CE.
 
 Usage: ``python benchmarks/train_step.py [--device cpu|cuda] [--backbone preact_resnet20] [--image-size 32]
-[--batch-size 128] [--steps 8] [--warmup 3] [--repeats 5] [--precision 32|bf16] [--channels-last] [--compile]``
+[--batch-size 128] [--steps 20] [--warmup 3] [--repeats 5] [--precision 32|bf16] [--channels-last] [--compile]``
 
 Three variants train the same network from the same initial weights on the same in-memory batches
 (uint8 images kept as one tensor, loaded by index slices, moved to the device, cropped/flipped (images of
@@ -15,12 +15,13 @@ paper's SGD (Nesterov 0.9, wd 1e-4, lr 0.1):
 
 Each variant's network is built (and, with ``--compile``, compiled) once and reset to the same initial weights
 before every run. Each variant's images/s is measured over ``--steps`` optimizer steps after ``--warmup``
-steps (steady state: the Trainer's start-up and ``torch.compile``'s first compilation are not counted; on CUDA
-the device is synchronised before each clock read). The variants are interleaved and their order rotates each
-repeat (``--repeats`` >= 5); the table gives the median and min-max of images/s over the repeats, then the
-ratios of the medians: Lightning + CRL against the plain loop, and the CRL step time against the CE step time
-inside the same Trainer. On CUDA it also prints the mean GPU utilisation during the timed steps
-(``nvidia-smi``, sampled every 0.2 s; "n/a" where it is missing).
+steps (steady state: the Trainer's start-up, its end-of-epoch work (metric computes, callbacks: once per epoch
+in a real run, but once per ``--steps`` here) and ``torch.compile``'s first compilation are not counted; the clock
+stops after the last optimizer step, in both loops; on CUDA the device is synchronised before each clock read). The
+variants are interleaved and their order rotates each repeat (``--repeats`` >= 5); the table gives the median and
+min-max of images/s over the repeats, then the ratios of the medians: Lightning + CRL against the plain loop, and
+the CRL step time against the CE step time inside the same Trainer. On CUDA it also prints the mean GPU utilisation
+during the timed steps (``nvidia-smi``, sampled every 0.2 s; "n/a" where it is missing).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def plain_loop(
 
 
 class _Clock(L.Callback):
-    """Wall time from the start of batch ``warmup`` to the end of training (device synchronised)."""
+    """Wall time from the start of step ``warmup`` to the end of the last step (device synchronised)."""
 
     def __init__(self, warmup: int, device: torch.device) -> None:
         self.warmup, self.device = warmup, device
@@ -149,9 +150,10 @@ class _Clock(L.Callback):
             _sync(self.device)
             self.start = time.perf_counter()
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        _sync(self.device)
-        self.end = time.perf_counter()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == trainer.max_steps:  # after the last optimizer step, before the epoch's end
+            _sync(self.device)
+            self.end = time.perf_counter()
 
 
 def lightning_run(
@@ -178,7 +180,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="preact_resnet20")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant and repeat")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per variant and repeat")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, caches)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", default="32", choices=("32", "bf16"))
