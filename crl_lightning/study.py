@@ -168,6 +168,16 @@ def _read_history(path: str | None) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def config_digests(args: Sequence[str]) -> dict[str, str]:
+    """SHA-256 (first 16 hex digits) of every ``--config`` file named in ``args``, by path as given.
+
+    A finished run is reused only when its config files still hold what they held when it ran.
+    """
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    return {path: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] for path in paths if Path(path).is_file()}
+
+
 def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
     """One ``crl fit --test_after_fit true`` run in ``run_dir`` (skipped when done; resumed when it can be).
 
@@ -176,7 +186,8 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
         (``test_metrics``, ``history``), ``fingerprint`` and ``wall_s`` (seconds of this run's fit + test).
 
     Raises:
-        ValueError: ``run_dir`` holds a run made with other arguments, or is a folder the study did not make.
+        ValueError: ``run_dir`` holds a run made with other arguments or other config file contents, or is a
+            folder the study did not make.
         RuntimeError: the run ended without writing its test metrics.
     """
     from crl_lightning.callbacks import History, TestReport
@@ -190,13 +201,19 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
     if record is not None and record.get("args") != args:
         raise ValueError(f"{run_dir}: expected a run with the arguments {args}, got one made with "
                          f"{record.get('args')}; use another --out, or delete the folder to redo it")
+    configs = config_digests(args)
+    if record is not None and record.get("configs", configs) != configs:
+        changed = sorted(k for k in configs.keys() | record["configs"].keys()
+                         if configs.get(k) != record["configs"].get(k))
+        raise ValueError(f"{run_dir}: expected the config files of its run unchanged, got other contents in "
+                         f"{changed}; use another --out, or delete the folder to redo it")
     if record is not None and record.get("status") == "done":
         return record
     last = newest_last_checkpoint(run_dir)
     resume = str(last) if last is not None else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run without a checkpoint: redo it from scratch
-    _write_json(marker, {"status": "running", "args": args})
+    _write_json(marker, {"status": "running", "args": args, "configs": configs})
     fingerprint = PairingFingerprint()
     start = time.monotonic()
     cli = build_cli(["fit", *args, *(["--ckpt_path", resume] if resume else [])],
@@ -209,7 +226,8 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
     if not metrics:
         raise RuntimeError(f"{run_dir}: expected the run to write its test metrics (TestReport), got none")
     record = {
-        "status": "done", "args": args, "metrics": metrics, "resumed_from": resume, "wall_s": round(wall, 1),
+        "status": "done", "args": args, "configs": configs, "metrics": metrics, "resumed_from": resume,
+        "wall_s": round(wall, 1),
         "epochs": cli.trainer.current_epoch, "fingerprint": fingerprint.state_dict(),
         "files": {"test_metrics": str(metrics_file),
                   "history": str(history.last_path) if history is not None and history.last_path else None},

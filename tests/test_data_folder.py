@@ -160,6 +160,30 @@ def test_in_memory_refuses_mixed_sizes(tmp_path):
         dm.setup("fit")
 
 
+def test_images_of_another_size_are_resized_to_the_first_training_image(tmp_path):
+    write_image_folder(tmp_path, {"train": 2, "test": 1})  # 8x8
+    from data_fixtures import write_jpeg
+
+    write_jpeg(tmp_path / "train" / "apple" / "wide.jpg", size=(20, 12))
+    write_jpeg(tmp_path / "test" / "mango" / "big.jpg", size=(40, 40))
+    dm = ImageFolderDataModule(tmp_path, mean=[0] * 3, std=[1] * 3)
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["val"]  # val_split 0: validation on test/
+    assert {tuple(train[i][0].shape) for i in range(len(train))} == {(3, 8, 8)}
+    assert {tuple(val[i][0].shape) for i in range(len(val))} == {(3, 8, 8)}
+    images, _ = next(iter(dm.val_dataloader()))
+    assert images.shape == (len(val), 3, 8, 8)
+
+
+def test_val_split_that_leaves_a_class_out_names_the_field(tmp_path):
+    write_image_folder(tmp_path, {"train": 10, "test": 1})  # 3 classes x 10
+    for fraction in (0.01, 0.99):
+        dm = ImageFolderDataModule(tmp_path, val_split=fraction, mean=[0] * 3, std=[1] * 3)
+        with pytest.raises(ValueError, match=rf"val_split: expected a fraction that leaves at least one image per "
+                                             rf"class .* the 30 training images of 3 classes, got {fraction}"):
+            dm.setup("fit")
+
+
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_bad_images_follow_the_policy(tmp_path, in_memory):
     written = write_image_folder(tmp_path, {"train": 3, "test": 1}, fmt="JPEG")

@@ -257,6 +257,15 @@ def test_weight_as_a_list():
                                competing_ratio_loss(logits, target, weight=torch.tensor([1.0, 2.0, 3.0])))
 
 
+@pytest.mark.parametrize("weight", [[-1.0] * 5, [1.0, -2.0, 0.5, 1.0, 3.0]])
+def test_negative_class_weights_mean_like_cross_entropy(fused, weight):
+    """"mean" divides by the kept rows' total weight whatever its sign (F.cross_entropy does); only 0 is special."""
+    torch.manual_seed(0)
+    logits, target, weight = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 1]), torch.tensor(weight)
+    got = competing_ratio_loss(logits, target, beta=0.0, weight=weight, fused=fused)
+    torch.testing.assert_close(got, F.cross_entropy(logits, target, weight=weight))
+
+
 def test_weighted_ignore_index_hand_computed(fused):
     """Three rows, one ignored; mean divides by the sum of the kept rows' class weights."""
     logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])

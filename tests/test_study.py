@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,19 @@ def test_changed_arguments_are_refused(digits_study):
     with pytest.raises(ValueError, match="expected a run with the arguments"):
         main(["study", "--config", DIGITS, "--criteria", "ce", "--seeds", "0", "--out", str(digits_study),
               "--trainer.max_epochs", "2"])
+
+
+def test_a_changed_config_file_is_refused(tmp_path):
+    config = tmp_path / "digits.yaml"
+    config.write_text(Path(DIGITS).read_text())
+    args = ["study", "--config", str(config), "--criteria", "ce", "--seeds", "0", "--out", str(tmp_path / "out"),
+            *QUICK]
+    main(args)
+    main(args)  # unchanged: the finished run is reused
+    config.write_text(Path(DIGITS).read_text().replace("lr: 0.1", "lr: 0.5"))
+    with pytest.raises(ValueError, match=rf"expected the config files of its run unchanged, got other contents "
+                                         rf"in \['{re.escape(str(config))}'\]"):
+        main(args)
 
 
 def test_interrupted_runs_are_redone_or_resumed(tmp_path):

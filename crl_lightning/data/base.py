@@ -538,10 +538,18 @@ class ImageDataModule(L.LightningDataModule):
         """Seeded train/val indices of ``dataset``, stratified by class when the targets are known."""
         targets = dataset_targets(dataset)
         idx = np.arange(len(dataset))
-        train_idx, val_idx = train_test_split(
-            idx, test_size=self.val_split, random_state=self.seed,
-            stratify=None if targets is None else np.asarray(targets),
-        )
+        try:
+            train_idx, val_idx = train_test_split(
+                idx, test_size=self.val_split, random_state=self.seed,
+                stratify=None if targets is None else np.asarray(targets),
+            )
+        except ValueError as err:  # e.g. fewer validation images than classes, or an empty training split
+            n_classes = "" if targets is None else f" of {len(set(targets))} classes"
+            raise ValueError(
+                f"val_split: expected a fraction that leaves at least one image per class in both the training "
+                f"and the validation split of the {len(idx)} training images{n_classes}, got {self.val_split} "
+                f"(scikit-learn: {err})"
+            ) from err
         return sorted(train_idx.tolist()), sorted(val_idx.tolist())
 
     def _loader(self, split: str, train: bool) -> DataLoader:

@@ -184,7 +184,8 @@ class ImageFolderDataModule(ImageDataModule):
     Transform presets:
         * ``cifar``: training images get a random crop of ``image_size`` with 4 pixels of zero padding and
           a horizontal flip (paper Sec. IV-A-2); evaluation images are only normalised. ``image_size``
-          defaults to the images' native size (images of another size are resized to it first).
+          defaults to the images' native size, that of the first training image: images of another
+          size (train, val, test or predict) are resized to it first (``in_memory`` refuses them).
         * ``imagenet``: RandomResizedCrop ``image_size`` + flip for training, a short-side resize to
           ``round(image_size * 8 / 7)`` and a centre crop for evaluation; ``image_size`` defaults to 224.
 
@@ -276,6 +277,7 @@ class ImageFolderDataModule(ImageDataModule):
         if bad_images not in ("raise", "skip"):
             raise ValueError(f"bad_images: expected 'raise' or 'skip', got {bad_images!r}")
         self.preset, self.image_size, self.train_per_class = preset, image_size, train_per_class
+        self._native_size: tuple[int, int] | None = None
         self.in_memory, self.bad_images = in_memory, bad_images
         self.stats: T.Stats | None = None if mean is None else (tuple(mean), tuple(std))
         _, _, self.classes = list_image_folder(self.data_dir / "train")
@@ -344,18 +346,23 @@ class ImageFolderDataModule(ImageDataModule):
         return (4, True) if self.preset == "cifar" else None
 
     # ----- transforms ---------------------------------------------------------------------------
+    def _input_size(self) -> tuple[int, int]:
+        """(H, W) every image is resized to: ``image_size`` square, else the first training image's size."""
+        if self.image_size is not None:
+            return self.image_size, self.image_size
+        if self._native_size is None:
+            train = self.datasets.get("train")
+            first = train.dataset[train.indices[0]][0] if train is not None else self.build_dataset("train")[0][0]
+            self._native_size = tuple(int(n) for n in v2.functional.to_image(first).shape[-2:])
+        return self._native_size
+
     def train_transform(self) -> Callable:
         if self.preset == "imagenet":
             return T.imagenet_train(self.image_size or 224, self.stats)
-        if self.image_size is None:  # native size: that of the training images
-            train = self.datasets["train"]
-            native = v2.functional.to_image(train.dataset[train.indices[0]][0]).shape[-1]
-            return T.cifar_train(self.stats, int(native))
-        return v2.Compose([v2.Resize((self.image_size, self.image_size)), T.cifar_train(self.stats, self.image_size)])
+        size = self._input_size()
+        return v2.Compose([v2.Resize(size), *T.cifar_train(self.stats, size).transforms])  # no-op at that size
 
     def eval_transform(self) -> Callable:
         if self.preset == "imagenet":
             return T.imagenet_eval(self.image_size or 224, stats=self.stats)
-        if self.image_size is None:
-            return T.to_normalized_tensor(self.stats)
-        return v2.Compose([v2.Resize((self.image_size, self.image_size)), T.to_normalized_tensor(self.stats)])
+        return v2.Compose([v2.Resize(self._input_size()), T.to_normalized_tensor(self.stats)])

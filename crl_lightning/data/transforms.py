@@ -24,8 +24,8 @@ def to_normalized_tensor(stats: Stats) -> v2.Compose:
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats)])
 
 
-def cifar_train(stats: Stats, size: int = 32, padding: int = 4) -> v2.Compose:
-    """The paper's CIFAR augmentation: pad-4 random crop + horizontal flip, then normalise."""
+def cifar_train(stats: Stats, size: int | tuple[int, int] = 32, padding: int = 4) -> v2.Compose:
+    """The paper's CIFAR augmentation: pad-4 random crop of ``size`` (int or (H, W)) + flip, then normalise."""
     return v2.Compose([v2.ToImage(), v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats)])
 

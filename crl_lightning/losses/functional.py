@@ -145,8 +145,8 @@ def _reduce(loss: Tensor, denom: Tensor | float, reduction: str) -> Tensor:
     total = loss.sum()
     if reduction == "sum":
         return total
-    if isinstance(denom, Tensor):
-        denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+    if isinstance(denom, Tensor):  # a zero total weight (every target ignored) gives 0; a negative one divides
+        denom = torch.where(denom != 0, denom, torch.ones_like(denom))
     return total / denom
 
 
