@@ -36,6 +36,7 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,14 @@ METRICS = {
 #: Version tag of ``study.json``.
 STUDY_FORMAT = "crl_lightning.study/1"
 RUN_FILE = "run.json"
+MAX_SEEDS = 1000
 
 
 def parse_seeds(specs: Sequence[str]) -> list[int]:
     """Seeds from ``["0-4"]``, ``["0", "2", "7"]`` or ``["0-2,5"]`` (ranges inclusive), in the order given.
 
     Raises:
-        ValueError: a malformed item, a decreasing range, or a repeated seed.
+        ValueError: a malformed item, a decreasing range, a repeated seed, or more than `MAX_SEEDS` seeds.
     """
     seeds: list[int] = []
     for spec in specs:
@@ -74,8 +76,11 @@ def parse_seeds(specs: Sequence[str]) -> list[int]:
             low, high = int(match[1]), int(match[2] or match[1])
             if high < low:
                 raise ValueError(f"--seeds: expected an increasing range, got {item!r}")
+            if len(seeds) + high - low + 1 > MAX_SEEDS:  # checked before the list is built
+                raise ValueError(f"--seeds: expected at most {MAX_SEEDS} seeds (each is a training run per "
+                                 f"criterion), got more with {item!r}")
             seeds += range(low, high + 1)
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    repeated = sorted(seed for seed, n in Counter(seeds).items() if n > 1)
     if repeated:
         raise ValueError(f"--seeds: expected distinct seeds, got {repeated} more than once")
     if not seeds:

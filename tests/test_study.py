@@ -52,7 +52,9 @@ def test_parse_seeds_and_criteria():
     assert parse_seeds(["0-4"]) == [0, 1, 2, 3, 4]
     assert parse_seeds(["3", "0-1,7"]) == [3, 0, 1, 7]
     for bad, message in ((["4-2"], "increasing range"), (["1", "0-2"], r"distinct seeds, got \[1\]"),
-                         (["a"], "integers or ranges")):
+                         (["a"], "integers or ranges"),
+                         (["0-100000000"], r"at most 1000 seeds .* got more with '0-100000000'"),
+                         (["0-999", "1000"], r"at most 1000 seeds .* got more with '1000'")):
         with pytest.raises(ValueError, match=message):
             parse_seeds(bad)
     label, args = criterion_arguments("ce")
