@@ -10,9 +10,10 @@ import pytest
 import torch
 from data_fixtures import CONFIGS
 
-from crl_lightning.callbacks import METRICS_FILENAME, TestReport
+from crl_lightning.callbacks import TestReport
 from crl_lightning.cli import build_cli
 from crl_lightning.metrics import eval_metrics
+from crl_lightning.runs import METRICS_FILENAME
 
 FIGURES = ["figures/confusion_matrix.png", "figures/reliability_diagram.png", "figures/softmax_heatmap.png"]
 

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from crl_lightning import ImageClassifier
-from crl_lightning.callbacks import METRICS_FILENAME
 from crl_lightning.cli import build_cli
+from crl_lightning.runs import METRICS_FILENAME
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")

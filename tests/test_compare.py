@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from crl_lightning.callbacks import METRICS_FILENAME, criterion_info
 from crl_lightning.cli import main as crl
 from crl_lightning.compare import comparison_table, load_records
 from crl_lightning.losses import CompetingRatioLoss, CrossEntropyLoss, FocalLoss
+from crl_lightning.runs import METRICS_FILENAME, criterion_info
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "examples" / "configs" / "digits_crl.yaml")
 CRL = {"name": "CompetingRatioLoss", "params": {"alpha": 1.5, "beta": 1.0}, "label": "CRL(alpha=1.5, beta=1)"}

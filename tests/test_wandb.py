@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crl_lightning.callbacks import METRICS_FILENAME
 from crl_lightning.cli import main as crl
+from crl_lightning.runs import METRICS_FILENAME
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")
@@ -130,9 +130,9 @@ def test_configure_wandb_loggers_keeps_user_values(tmp_path):
     from lightning.pytorch.loggers import WandbLogger
 
     from crl_lightning import ImageClassifier
-    from crl_lightning.callbacks import configure_wandb_loggers
     from crl_lightning.data import DigitsDataModule
     from crl_lightning.losses import CrossEntropyLoss
+    from crl_lightning.wandb_naming import configure_wandb_loggers
 
     L.seed_everything(3)
     model = ImageClassifier("preact_resnet20", num_classes=10, in_chans=1, criterion=CrossEntropyLoss())
