@@ -175,7 +175,7 @@ def resolve_config(args: Sequence[str]) -> dict[str, Any]:
         argparse.ArgumentError, ConfigError: as `build_cli`.
     """
     try:
-        build_cli(args, cli_class=_ResolvingCLI)
+        _new_cli(_ResolvingCLI, args, None)
     except _Resolved as resolved:
         return resolved.config
     raise RuntimeError("resolve_config: the CLI ran instead of stopping after parsing")  # pragma: no cover
@@ -310,17 +310,13 @@ EXTRA_COMMANDS = {
 }
 
 
-def build_cli(
-    args: Sequence[str] | None = None, trainer_defaults: dict[str, Any] | None = None,
-    cli_class: type[CRLCLI] = CRLCLI,
-) -> CRLCLI:
+def build_cli(args: Sequence[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> CRLCLI:
     """Parse ``args`` (default ``sys.argv[1:]``) and run the LightningCLI subcommand; return the CLI.
 
     Args:
         args: the command line without the program name, e.g. ``["fit", "--config", "c.yaml"]``.
         trainer_defaults: LightningCLI's ``trainer_defaults``: Trainer defaults under the config's values,
             and ``callbacks`` added to every trainer (e.g. ``crl study``'s pairing fingerprint).
-        cli_class: `CRLCLI` or a subclass of it.
 
     Raises:
         argparse.ArgumentError: a bad command-line argument or config value (jsonargparse's message;
@@ -328,6 +324,10 @@ def build_cli(
         ConfigError: a configuration `CRLCLI` refuses (see there).
         SystemExit: after ``--help`` / ``--print_config``.
     """
+    return _new_cli(CRLCLI, args, trainer_defaults)
+
+
+def _new_cli(cli_class: type[CRLCLI], args: Sequence[str] | None, trainer_defaults: dict[str, Any] | None) -> CRLCLI:
     return cli_class(
         ImageClassifier,
         ImageDataModule,

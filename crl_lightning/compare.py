@@ -10,8 +10,8 @@ without seed, fold and paths). Experiments that share dataset, network and crite
 (another batch size, a model subclass) are separate rows, labelled by the keys in which they differ
 (``batch_size=16``, ``ConfidencePenaltyClassifier(penalty=0.1)``). Reruns of one experiment, seed and fold
 count once: the newest (by ``created``), and the cell says how many it left out (``1.11 (n=1; 6 reruns left
-out)``). A ``crl test`` of a checkpoint is not a rerun of the run that trained it: such records form their own
-row, marked ``[crl test of checkpoints]``. Runs of ``crl cv`` are folds: ``67.10 ± 2.00 (5 folds)``.
+out)``). A ``crl test`` (of a checkpoint, or of untrained weights) is not a rerun of the run that trained it:
+such records form their own row, marked ``[crl test]``. Runs of ``crl cv`` are folds: ``67.10 ± 2.00 (5 folds)``.
 
 Example::
 
@@ -26,7 +26,7 @@ import argparse
 import json
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,21 +132,34 @@ def _value_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _differences(settings: dict[str, Any], others: Sequence[dict[str, Any]]) -> str:
-    """``key=value`` for the keys in which ``settings`` differ from any of ``others`` (the model class by name)."""
-    keys = sorted(k for k in set(settings).union(*others) if any(o.get(k) != settings.get(k) for o in others))
-    if not keys:
-        return ""
-    tail = {k: k.rpartition(".")[2] for k in keys}
+def _differences(settings: dict[str, Any], peers: Sequence[dict[str, Any]]) -> str:
+    """``key=value`` for the keys in which ``settings`` stand out among ``peers`` (the rows of one dataset/network).
+
+    A key whose value most of the rows share (one most common value, held by two rows or more) is named only
+    in the rows that differ from it; a key without such a value is named in every row. The model class is
+    named by its class, with its arguments: ``ConfidencePenaltyClassifier(penalty=0.1)``.
+    """
+    everyone = [settings, *peers]
+    shown = []
+    for key in sorted(set().union(*everyone)):
+        counts = Counter(json.dumps(row.get(key, "(unset)"), sort_keys=True, default=str) for row in everyone)
+        if len(counts) == 1:
+            continue
+        (mode, first), *rest = counts.most_common()
+        mine = json.dumps(settings.get(key, "(unset)"), sort_keys=True, default=str)
+        if first > 1 and (not rest or rest[0][1] < first) and mine == mode:
+            continue
+        shown.append(key)
+    tail = {k: k.rpartition(".")[2] for k in shown}
     ambiguous = {t for t in tail.values() if list(tail.values()).count(t) > 1}
     parts: list[str] = []
-    model_args = [k for k in keys if k.startswith("model.init_args.")]
-    if "model.class_path" in keys:
+    if "model.class_path" in shown:
+        model_args = [k for k in shown if k.startswith("model.init_args.")]
         klass = str(settings.get("model.class_path", "?")).rpartition(".")[2]
         inner = ", ".join(f"{tail[k]}={_value_text(settings[k])}" for k in model_args if k in settings)
         parts.append(f"{klass}({inner})" if inner else klass)
-        keys = [k for k in keys if k != "model.class_path" and k not in model_args]
-    for k in keys:
+        shown = [k for k in shown if k != "model.class_path" and k not in model_args]
+    for k in shown:
         name = k.replace(".init_args.", ".") if tail[k] in ambiguous else tail[k]
         parts.append(f"{name}={_value_text(settings[k]) if k in settings else '(unset)'}")
     return ", ".join(parts)
@@ -224,7 +237,7 @@ def comparison_table(
         peers = [o["settings"] for r, o in rows.items() if o["base"] == info["base"] and r[0] != row[0]]
         diff = _differences(info["settings"], peers) if peers else ""
         labels[row] = info["base"] + (f" ({diff})" if diff else "") + (
-            " [crl test of checkpoints]" if row[1] == "test" else "")
+            " [crl test]" if row[1] == "test" else "")
     unit = _unit(metric)
     lines = [
         f"{metric}{f' ({unit})' if unit else ''}: mean ± std over seeds or CV folds (n runs); "

@@ -65,9 +65,13 @@ def format_table(results: Sequence[FoldResult], title: str = "") -> str:
 
 
 def fold_args(base_args: Sequence[str], fold: int, root_dir: Path) -> list[str]:
-    """The ``crl fit`` arguments of fold ``fold``: ``--data.fold``, ordinal metrics, its folder, test after fit."""
+    """The ``crl fit`` arguments of fold ``fold``: ``--data.fold``, ordinal metrics, its folder, test after fit.
+
+    The test report stays on (``test_report true``): the fold's ``test_metrics.json`` is its result.
+    """
     return [*base_args, "--data.fold", str(fold), "--model.init_args.ordinal", "true",
-            "--trainer.default_root_dir", str(root_dir / f"fold_{fold}"), "--test_after_fit", "true"]
+            "--model.init_args.test_report", "true", "--trainer.default_root_dir", str(root_dir / f"fold_{fold}"),
+            "--test_after_fit", "true"]
 
 
 def run_cv(base_args: Sequence[str], folds: Sequence[int], root_dir: str | Path) -> list[FoldResult]:

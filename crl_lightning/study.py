@@ -203,6 +203,9 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
     from crl_lightning.cli import build_cli, resolve_config
 
     config = resolve_config(["fit", *args])
+    if (config.get("trainer") or {}).get("fast_dev_run"):
+        raise ValueError(f"{run_dir}: expected a run that records its results, got trainer.fast_dev_run, under "
+                         "which nothing is written; use --trainer.max_epochs 1 --trainer.limit_train_batches N")
     settings = experiment_settings(config)
     fold = ((config.get("data") or {}).get("init_args") or {}).get("fold")
     run = {"experiment": {"id": experiment_id(settings), "settings": settings},
