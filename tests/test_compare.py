@@ -207,7 +207,8 @@ def test_each_experiment_is_a_row_and_only_identical_reruns_are_left_out(users_r
         f"| Digits / preact_resnet20 [crl test] | {err[4]} (n=1) |",  # not a rerun of the run it tests
     ]
     assert records[1]["metrics"] == records[0]["metrics"]  # a deterministic rerun: the same numbers
-    assert records[2]["experiment"]["label"] == "ConfidencePenaltyClassifier/Digits/preact_resnet20/CRL(alpha=1.5, beta=1)"
+    assert records[2]["experiment"]["label"] == (
+        "ConfidencePenaltyClassifier/Digits/preact_resnet20/CRL(alpha=1.5, beta=1)")
     assert len({r["experiment"]["id"] for r in records.values()}) == 3  # demo (x2, and its test), subclass, batch 16
 
 
@@ -285,7 +286,8 @@ def test_experiment_settings_leave_out_seed_fold_paths_and_display():
     other = json.loads(json.dumps(base))
     other.update(seed_everything=7)
     other["trainer"].update(default_root_dir="elsewhere", logger=False, enable_progress_bar=False, callbacks=[
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "y", "save_last": True}}])
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": "y", "save_last": True}}])
     other["data"]["init_args"].update(data_dir="/mnt/data", seed=7, fold=3)
     a, b = experiment_settings(base), experiment_settings(other)
     assert a == b and experiment_id(a) == experiment_id(b)

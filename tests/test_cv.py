@@ -83,7 +83,8 @@ def test_cv_five_folds_fresh_weights_each_fold_its_own(adience_root, tmp_path, c
     monkeypatch.setattr(crl_lightning.cli, "build_cli", _no_training)
     capsys.readouterr()
     main(["cv", "--config", str(CONFIGS / "adience_age_crl.yaml"), "--output", str(output),
-          "--data.data_dir", str(adience_root), *ONE_BATCH, "--trainer.default_root_dir", str(tmp_path / "runs"), *FAST])
+          "--data.data_dir", str(adience_root), *ONE_BATCH, "--trainer.default_root_dir", str(tmp_path / "runs"),
+          *FAST])
     assert output.read_text() == table
     with pytest.raises(ValueError, match=r"fold_0: expected a run of this experiment, got one of another: "
                                          r"data.init_args.batch_size: 4 -> 2; use another --out"):
