@@ -117,4 +117,5 @@ def test_wandb_job_type_is_the_subcommand(subcommand, tmp_path, monkeypatch):
     assert logger._experiment is None  # nothing started
     init = logger._wandb_init
     assert init["job_type"] == subcommand
-    assert init["group"] == "Digits/preact_resnet20/CRL(alpha=1.5, beta=1)" and init["name"] == init["group"] + "/seed0"
+    label = "Digits/preact_resnet20/CRL(alpha=1.5, beta=1)"
+    assert init["group"] == f"{label} #{init['config']['crl']['experiment']['id']}" and init["name"] == label + "/seed0"
