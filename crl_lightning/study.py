@@ -53,6 +53,7 @@ from crl_lightning.runs import (
     read_history,
     read_json,
     read_record,
+    same_experiment,
     utc_now,
     write_json,
     write_text_atomic,
@@ -174,7 +175,7 @@ def _run_conflict(run_dir: Path, record: dict[str, Any], run: dict[str, Any]) ->
     if record.get("format") != RUN_FORMAT or "experiment" not in record:
         return (f"{run_dir}: expected a run folder of format {RUN_FORMAT}, got {RUN_FILE} of format "
                 f"{record.get('format')!r} (made by another version of crl study)")
-    if record["experiment"]["id"] != run["experiment"]["id"]:
+    if not same_experiment(record, run):
         changes = config_changes(record["experiment"]["settings"], run["experiment"]["settings"])
         return f"{run_dir}: expected a run of this experiment, got one of another: {changes}"
     for key in ("seed", "fold"):
