@@ -32,6 +32,7 @@ __all__ = [
     "check_checkpoint",
     "console_main",
     "main",
+    "refuse_replaced_model_values",
     "resolve_ckpt_path",
     "run_summary",
     "weights_to_test",
@@ -54,7 +55,9 @@ class CRLCLI(LightningCLI):
     (`check_checkpoint`, right after parsing); ``fit`` with the default schedule (``model.init_args.lr_scheduler``
     null) needs ``trainer.max_epochs`` (`ConfigError`, before anything is built); a model ``num_classes`` or
     ``in_chans`` that was set (not the default) and differs from the DataModule's is refused (`ConfigError`),
-    where the link would silently replace it. The progress bar shows only what the model puts on it
+    where the link would silently replace it; so is a model value that was set and differs from the ``ckpt_path``'s
+    hyper-parameters, which LightningCLI would silently put in its place (`refuse_replaced_model_values`). The
+    progress bar shows only what the model puts on it
     (`CompactProgressBar`); fit and test end with one line naming the run folder and its files (`run_summary`),
     predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`).
     """
@@ -74,9 +77,13 @@ class CRLCLI(LightningCLI):
         keyword = str(path) in _CKPT_KEYWORDS or str(path).startswith("registry:") or "://" in str(path)
         if isinstance(path, str | Path) and not keyword:
             check_checkpoint(path)  # before LightningCLI reads the checkpoint's hyper-parameters
+        # the model as given, before LightningCLI puts the checkpoint's hyper-parameters over it
+        self._given_model = self.config[subcommand].get("model").clone() if subcommand else None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if self._given_model is not None and config.get("ckpt_path"):
+            refuse_replaced_model_values(self._given_model.as_dict(), config["model"].as_dict(), config["ckpt_path"])
         schedule = config.get("model.init_args.lr_scheduler", "unset")
         if self.subcommand == "fit" and schedule is None and config.get("trainer.max_epochs") is None:
             raise ConfigError(
@@ -91,7 +98,7 @@ class CRLCLI(LightningCLI):
         super().instantiate_classes()
         for name, value in given.items():
             linked = getattr(self.datamodule, name, None)
-            if value not in (None, linked, _init_default(self.model, name)) and linked is not None:
+            if value not in (None, linked, _init_default(type(self.model), name)) and linked is not None:
                 raise ConfigError(
                     f"model.init_args.{name}: expected the data's value {linked} ({type(self.datamodule).__name__}."
                     f"{name}, which crl links into the model), got {value} (from the command line, a config or the "
@@ -132,14 +139,54 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _init_default(model: Any, name: str) -> Any:
-    """The default of init argument ``name`` of ``model``'s class (the first ``__init__`` in its MRO with it)."""
-    for cls in type(model).__mro__:
+def _init_default(model_class: type, name: str) -> Any:
+    """The default of init argument ``name`` of ``model_class`` (the first ``__init__`` in its MRO with it)."""
+    for cls in model_class.__mro__:
         if "__init__" in vars(cls):
             parameter = inspect.signature(cls.__init__).parameters.get(name)
             if parameter is not None:
                 return parameter.default
     return inspect.Parameter.empty
+
+
+def _first_difference(key: str, expected: Any, got: Any) -> tuple[str, Any, Any]:
+    """The innermost ``key.sub.key`` where nested dicts ``expected`` and ``got`` differ, and both values there."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        for sub in [*expected, *(k for k in got if k not in expected)]:
+            if expected.get(sub) != got.get(sub):
+                return _first_difference(f"{key}.{sub}", expected.get(sub), got.get(sub))
+    return key, expected, got
+
+
+def refuse_replaced_model_values(given: dict[str, Any], loaded: dict[str, Any], ckpt_path: str | Path) -> None:
+    """Refuse a model init value that was set and that the ``ckpt_path``'s hyper-parameters replaced.
+
+    LightningCLI reads the hyper-parameters saved in the checkpoint over the parsed config, so ``crl test
+    --ckpt_path C --model.init_args.backbone X`` would test C's backbone without a word. A value counts as set
+    when it differs from the model class's default (a config or the command line gave it); one equal to the
+    default may be unset, and the checkpoint's value then applies as before.
+
+    Args:
+        given: the model's config as parsed (``class_path``, ``init_args``), before the checkpoint was read.
+        loaded: the same after LightningCLI put the checkpoint's hyper-parameters over it.
+        ckpt_path: the checkpoint, for the message.
+
+    Raises:
+        ConfigError: one line naming the innermost differing key, e.g. ``model.init_args.backbone: expected
+            the checkpoint's value 'preact_resnet20' (C), got 'preact_resnet56'``.
+    """
+    import importlib
+
+    module, _, name = given["class_path"].rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)
+    loaded_args = loaded.get("init_args", {})
+    for arg, value in given.get("init_args", {}).items():
+        if arg in loaded_args and loaded_args[arg] != value and value != _init_default(model_class, arg):
+            key, expected, got = _first_difference(f"model.init_args.{arg}", loaded_args[arg], value)
+            raise ConfigError(
+                f"{key}: expected the checkpoint's value {expected!r} ({ckpt_path}), got {got!r} (from the command "
+                "line or a config); the checkpoint holds that model's weights: give its value or leave the key out"
+            )
 
 
 def check_checkpoint(path: str | Path) -> None:
