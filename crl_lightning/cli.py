@@ -7,6 +7,7 @@ The DataModule's ``num_classes`` and ``in_chans`` are linked into the model.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import zipfile
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -71,7 +73,16 @@ class CRLCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            from crl_lightning.console import unknown_options_message
+
+            options = [o for p in (parser, *self._subcommand_parsers.values()) for o in p._option_string_actions]
+            message = unknown_options_message(str(err), options)
+            if message is None:
+                raise
+            raise argparse.ArgumentError(None, message) from err
         subcommand = self.config.get("subcommand")  # self.subcommand is set after this
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         keyword = str(path) in _CKPT_KEYWORDS or str(path).startswith("registry:") or "://" in str(path)
@@ -105,6 +116,7 @@ class CRLCLI(LightningCLI):
                     "ckpt_path's hyper-parameters)"
                 )
         configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand)
+        _drop_unset_wandb_anonymous(self.trainer.loggers)
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), self.trainer.default_root_dir)
 
@@ -133,6 +145,18 @@ class CRLCLI(LightningCLI):
             print(f"crl predict: wrote {writers[0].last_path}", flush=True)
         else:
             run_summary(self.trainer, "predict")
+
+
+def _drop_unset_wandb_anonymous(loggers: Sequence[Any]) -> None:
+    """Leave ``anonymous`` out of the ``wandb.init`` arguments of W&B loggers that do not set it.
+
+    Lightning's WandbLogger passes ``anonymous=None`` when it is not set, and wandb (>= 0.19) then prints
+    "The anonymous setting has no effect and will be removed" on every run.
+    """
+    for logger in loggers:
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
+            del init["anonymous"]
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -304,6 +328,25 @@ EXTRA_COMMANDS = {
 }
 
 
+class _HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help formatter; a docstring's "see above" points to the class docstring.
+
+    ``--data.help CLASS`` shows only the first line of the class docstring above the options, so an argument
+    documented as "(see above)" there would point to nothing.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        return text.replace("see above", "see the class docstring") if text else text
+
+
+class _Parser(LightningArgumentParser):
+    """LightningArgumentParser with `_HelpFormatter` by default (``--*.help`` makes a ``type(parser)()``)."""
+
+    def __init__(self, *args: Any, formatter_class: type = _HelpFormatter, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def build_cli(args: Sequence[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> CRLCLI:
     """Parse ``args`` (default ``sys.argv[1:]``) and run the LightningCLI subcommand; return the CLI.
 
@@ -324,7 +367,8 @@ def build_cli(args: Sequence[str] | None = None, trainer_defaults: dict[str, Any
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
-        parser_kwargs={"exit_on_error": False,
+        parser_class=_Parser,
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False,
                        "description": "Train and evaluate image classifiers with the Competing Ratio Loss. "
                        "Also: `crl study --help` (criteria x seeds, paired tests), `crl cv --help` (k-fold "
                        "cross-validation) and `crl compare --help` (results table). Errors print as one line; "
@@ -361,13 +405,15 @@ def console_main() -> None:
       (`crl_lightning.console.error_message`); ``--traceback`` anywhere on the command line, or the environment
       variable ``CRL_TRACEBACK=1``, shows the full traceback instead.
     * Lightning's tips and known-harmless warnings are hidden (`crl_lightning.console.quiet_console`).
+    * Ctrl-C ends the command with exit code 130 and one line saying how to resume it
+      (`crl_lightning.console.interrupted_message`), also when Lightning has caught it and shut down.
     * This package's INFO log lines (e.g. dataset sizes) go to stderr, as Lightning shows its own.
     """
     import logging
     import os
     import sys
 
-    from crl_lightning.console import TRACEBACK_ENV, error_message, quiet_console
+    from crl_lightning.console import TRACEBACK_ENV, error_message, interrupted_message, quiet_console
 
     traceback = "--traceback" in sys.argv[1:] or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0")
     sys.argv = [a for a in sys.argv if a != "--traceback"]
@@ -377,9 +423,15 @@ def console_main() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         package_log.addHandler(handler)
         package_log.setLevel(logging.INFO)
-    quiet_console(evaluating=sys.argv[1:2] in (["validate"], ["test"], ["predict"]))
+    quiet_console()
     try:
         main()
+    except (KeyboardInterrupt, SystemExit) as end:
+        # Lightning catches Ctrl-C in the trainer, shuts down and exits 1 inside its `except KeyboardInterrupt`
+        if isinstance(end, SystemExit) and not isinstance(end.__context__, KeyboardInterrupt) or traceback:
+            raise
+        print(f"crl: {interrupted_message(sys.argv[1:])}", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:
         if traceback:
             raise
