@@ -78,7 +78,8 @@ class CRLCLI(LightningCLI):
         except argparse.ArgumentError as err:
             from crl_lightning.console import unknown_options_message
 
-            options = [o for p in (parser, *self._subcommand_parsers.values()) for o in p._option_string_actions]
+            parsers = (parser, *getattr(self, "_subcommand_parsers", {}).values())
+            options = [o for p in parsers for o in p._option_string_actions]
             message = unknown_options_message(str(err), options)
             if message is None:
                 raise
