@@ -20,10 +20,11 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from crl_lightning.callbacks import CompactProgressBar, PredictionWriter, configure_wandb_loggers, run_dir
+from crl_lightning.callbacks import CompactProgressBar, PredictionWriter
 from crl_lightning.classifier import ImageClassifier
 from crl_lightning.data.base import ImageDataModule
-from crl_lightning.files import newest_last_checkpoint
+from crl_lightning.runs import newest_last_checkpoint, run_dir
+from crl_lightning.wandb_naming import configure_wandb_loggers
 
 __all__ = [
     "CRLCLI",
@@ -36,6 +37,7 @@ __all__ = [
     "main",
     "refuse_replaced_model_values",
     "resolve_ckpt_path",
+    "resolve_config",
     "run_summary",
     "weights_to_test",
 ]
@@ -96,6 +98,8 @@ class CRLCLI(LightningCLI):
         config = self.config[self.subcommand]
         if self._given_model is not None and config.get("ckpt_path"):
             refuse_replaced_model_values(self._given_model.as_dict(), config["model"].as_dict(), config["ckpt_path"])
+        if self.subcommand == "fit":
+            _check_training_length(config.get("trainer.max_epochs"), config.get("trainer.max_steps"))
         schedule = config.get("model.init_args.lr_scheduler", "unset")
         if self.subcommand == "fit" and schedule is None and config.get("trainer.max_epochs") is None:
             raise ConfigError(
@@ -116,10 +120,12 @@ class CRLCLI(LightningCLI):
                     f"{name}, which crl links into the model), got {value} (from the command line, a config or the "
                     "ckpt_path's hyper-parameters)"
                 )
-        configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand)
-        _drop_unset_wandb_anonymous(self.trainer.loggers)
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), self.trainer.default_root_dir)
+        evaluated = config["ckpt_path"] if self.subcommand != "fit" and isinstance(config["ckpt_path"], str) else None
+        configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand,
+                                ckpt_path=evaluated)
+        _drop_unset_wandb_anonymous(self.trainer.loggers)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -158,6 +164,53 @@ def _drop_unset_wandb_anonymous(loggers: Sequence[Any]) -> None:
         init = getattr(logger, "_wandb_init", None)
         if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
             del init["anonymous"]
+
+
+def _check_training_length(max_epochs: Any, max_steps: Any) -> None:
+    """Refuse a ``fit`` that trains nothing: ``max_epochs`` < 1 or ``max_steps`` 0 (`ConfigError`)."""
+    if isinstance(max_epochs, int) and max_epochs < 1 and max_epochs != -1 or max_steps == 0:
+        key, value = ("trainer.max_steps", max_steps) if max_steps == 0 else ("trainer.max_epochs", max_epochs)
+        raise ConfigError(f"{key}: expected at least 1 (or -1 for no limit), got {value}: nothing would be trained, "
+                          "and the test after it would be recorded as a result")
+
+
+class _Resolved(Exception):  # noqa: N818 -- not an error: how `resolve_config` stops the CLI before it builds
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__("resolved")
+        self.config = config
+
+
+class _ResolvingCLI(CRLCLI):
+    """`CRLCLI` that parses and checks a command line, then stops with its resolved config (`resolve_config`)."""
+
+    def _set_seed(self) -> None:  # nothing runs: leave the global seed alone
+        pass
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        import yaml
+
+        parser = self._parser(self.subcommand)
+        raise _Resolved(yaml.safe_load(parser.dump(self.config[self.subcommand], skip_none=False)))
+
+
+def resolve_config(args: Sequence[str]) -> dict[str, Any]:
+    """The resolved config of ``crl ARGS`` (as the run's ``config.yaml`` will hold it), with nothing built or run.
+
+    ``crl study`` and ``crl cv`` use it to know a run's experiment (`crl_lightning.runs.experiment_settings`)
+    before deciding whether a finished run folder can be reused.
+
+    Args:
+        args: the command line without the program name, starting with the subcommand (``["fit", ...]``).
+
+    Raises:
+        argparse.ArgumentError, ConfigError: as `build_cli`.
+    """
+    try:
+        _new_cli(_ResolvingCLI, args, None)
+    except _Resolved as resolved:
+        return resolved.config
+    raise RuntimeError("resolve_config: the CLI ran instead of stopping after parsing")  # pragma: no cover
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -362,7 +415,11 @@ def build_cli(args: Sequence[str] | None = None, trainer_defaults: dict[str, Any
         ConfigError: a configuration `CRLCLI` refuses (see there).
         SystemExit: after ``--help`` / ``--print_config``.
     """
-    return CRLCLI(
+    return _new_cli(CRLCLI, args, trainer_defaults)
+
+
+def _new_cli(cli_class: type[CRLCLI], args: Sequence[str] | None, trainer_defaults: dict[str, Any] | None) -> CRLCLI:
+    return cli_class(
         ImageClassifier,
         ImageDataModule,
         subclass_mode_model=True,

@@ -3,9 +3,11 @@
     crl cv --config examples/configs/adience_age_crl.yaml [--folds 0 1 2 3 4] [--output table.md]
            [--trainer.default_root_dir runs/adience_cv] [any other --key value, passed to every fold]
 
-For each fold k the command runs ``crl fit --config ... --data.fold k`` from fresh weights (a new
-model per fold, seeded by the config's ``seed_everything``), in ``<root>/fold_<k>``, then tests the
-best checkpoint (the last weights when none was saved) on fold k. It prints, and writes to ``--output``
+For each fold k the command runs ``crl fit --config ... --data.fold k --test_after_fit true`` from fresh
+weights (a new model per fold, seeded by the config's ``seed_everything``), in ``<root>/fold_<k>``, which tests
+the best checkpoint (the last weights when none was saved) on fold k. It is a study over folds: the same run
+loop as ``crl study`` (`crl_lightning.study.run_one`), so a finished fold is reused, an interrupted one resumed,
+and a fold folder of another experiment refused. It prints, and writes to ``--output``
 (default ``<root>/cv_results.md``), a markdown table with per-fold and mean +- std (sample standard
 deviation over folds) of the exact accuracy (``100 - test_top1_err``) and the one-off accuracy (the
 predicted age group within one of the true group; Levi & Hassner 2015, paper Table IV), in percent.
@@ -17,14 +19,16 @@ Every fold runs with ``--model.init_args.ordinal true``, so the model logs ``tes
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-__all__ = ["FoldResult", "format_table", "main", "run_cv"]
+from crl_lightning.runs import read_record, write_text_atomic
+from crl_lightning.statistics import mean_std_text
+
+__all__ = ["FoldResult", "fold_args", "format_table", "main", "run_cv"]
 
 
 @dataclass
@@ -46,13 +50,6 @@ class FoldResult:
     run_dir: str = ""
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
-
-
 def format_table(results: Sequence[FoldResult], title: str = "") -> str:
     """Markdown table: one row per fold and a ``mean ± std`` row (sample std, ddof=1; 0 for one fold)."""
     lines = [f"## {title}", ""] if title else []
@@ -60,41 +57,52 @@ def format_table(results: Sequence[FoldResult], title: str = "") -> str:
     for r in results:
         lines.append(f"| {r.fold} | {r.num_test:,} | {r.exact_acc:.2f} | {r.one_off_acc:.2f} |")
     if results:
-        exact = _mean_std([r.exact_acc for r in results])
-        one_off = _mean_std([r.one_off_acc for r in results])
-        total = sum(r.num_test for r in results)
-        lines.append(
-            f"| mean ± std | {total:,} | {exact[0]:.2f} ± {exact[1]:.2f} | {one_off[0]:.2f} ± {one_off[1]:.2f} |"
-        )
+        exact = mean_std_text([r.exact_acc for r in results], 2)
+        one_off = mean_std_text([r.one_off_acc for r in results], 2)
+        lines.append(f"| mean ± std | {sum(r.num_test for r in results):,} | {exact} | {one_off} |")
     lines += ["", f"std: sample standard deviation over {len(results)} folds."]
     return "\n".join(lines) + "\n"
 
 
-def run_fold(base_args: Sequence[str], fold: int, root_dir: Path) -> FoldResult:
-    """Fit from fresh weights with ``--data.fold fold`` in ``root_dir/fold_<fold>``, then test; see module doc."""
-    from crl_lightning.callbacks import run_dir
-    from crl_lightning.cli import build_cli, weights_to_test
+def fold_args(base_args: Sequence[str], fold: int, root_dir: Path) -> list[str]:
+    """The ``crl fit`` arguments of fold ``fold``: ``--data.fold``, ordinal metrics, its folder, test after fit.
 
-    args = ["fit", *base_args, "--data.fold", str(fold), "--test_after_fit", "false",
-            "--model.init_args.ordinal", "true", "--trainer.default_root_dir", str(root_dir / f"fold_{fold}")]
-    cli = build_cli(args)
-    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=weights_to_test(cli.trainer),
-                               verbose=False)[0]
-    missing = {"test_top1_err", "test_one_off_acc"} - set(metrics)
-    if missing:
-        raise KeyError(f"fold {fold}: expected the test metrics {sorted(missing)}, got {sorted(metrics)}")
-    exact = 100.0 - float(metrics["test_top1_err"])
-    one_off = float(metrics["test_one_off_acc"])
-    num_test = len(cli.datamodule.datasets["test"])
-    limit = cli.trainer.num_test_batches[0] if cli.trainer.num_test_batches else None
-    if limit is not None and math.isfinite(limit):
-        num_test = min(num_test, int(limit) * cli.datamodule.batch_size)
-    return FoldResult(fold, num_test, exact, one_off, str(run_dir(cli.trainer)))
+    The test report stays on (``test_report true``): the fold's ``test_metrics.json`` is its result.
+    """
+    return [*base_args, "--data.fold", str(fold), "--model.init_args.ordinal", "true",
+            "--model.init_args.test_report", "true", "--trainer.default_root_dir", str(root_dir / f"fold_{fold}"),
+            "--test_after_fit", "true"]
 
 
 def run_cv(base_args: Sequence[str], folds: Sequence[int], root_dir: str | Path) -> list[FoldResult]:
-    """Run `run_fold` for every fold in ``folds``; ``base_args`` are the ``--config``/override arguments."""
-    return [run_fold(base_args, k, Path(root_dir)) for k in folds]
+    """Fit and test every fold in ``folds`` in ``root_dir/fold_<k>`` with `crl_lightning.study.run_one`.
+
+    The run loop is the study's: a finished fold of the same experiment is reused, an interrupted one resumed
+    from its ``last.ckpt``, a fold folder of another experiment refused naming the keys that changed.
+
+    Args:
+        base_args: the ``--config``/override arguments given to every fold.
+        folds: the test folds.
+        root_dir: the parent of the fold folders.
+
+    Raises:
+        KeyError: a fold's test metrics lack ``test_top1_err`` or ``test_one_off_acc``.
+        ValueError: see `crl_lightning.study.run_one`.
+    """
+    from crl_lightning.study import run_one
+
+    results = []
+    for fold in folds:
+        run_dir = Path(root_dir) / f"fold_{fold}"
+        record = run_one(run_dir, fold_args(base_args, fold, Path(root_dir)))
+        metrics = record["metrics"]
+        missing = {"test_top1_err", "test_one_off_acc"} - set(metrics)
+        if missing:
+            raise KeyError(f"fold {fold}: expected the test metrics {sorted(missing)}, got {sorted(metrics)}")
+        tested = read_record(record["files"]["test_metrics"])
+        results.append(FoldResult(fold, int(tested.get("num_samples") or 0), 100.0 - float(metrics["test_top1_err"]),
+                                  float(metrics["test_one_off_acc"]), str(Path(tested["path"]).parent)))
+    return results
 
 
 def _config_value(configs: Sequence[str], section: str, key: str) -> str | None:
@@ -155,8 +163,6 @@ def main(args: Sequence[str] | None = None) -> None:
     results = run_cv(base_args, opts.folds, root_dir)
     table = format_table(results, title=f"Cross-validation: {', '.join(opts.config)}")
     print(table)
-    output = Path(opts.output) if opts.output else root_dir / "cv_results.md"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(table, encoding="utf-8")
+    output = write_text_atomic(Path(opts.output) if opts.output else root_dir / "cv_results.md", table)
     print(f"crl cv: wrote {output}; the folds' checkpoints, test_metrics.json and figures/ are in "
           + ", ".join(f"{r.run_dir}/" for r in results))

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["paired_comparison", "summarize"]
+__all__ = ["mean_std_text", "paired_comparison", "summarize"]
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:
@@ -25,6 +25,18 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
         "mean": statistics.fmean(values) if n else None,
         "std": statistics.stdev(values) if n > 1 else None,
     }
+
+
+def mean_std_text(values: Sequence[float], digits: int) -> str:
+    """``"mean ± std"`` of ``values`` (sample std, ``ddof=1``) with ``digits`` decimals; only the mean for one value.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    if not values:
+        raise ValueError("values: expected at least one value, got none")
+    s = summarize(values)
+    return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
 
 
 def paired_comparison(base: Sequence[float], other: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:

@@ -11,8 +11,10 @@ and of the first training batch, per run). A criterion is a registry name (`crl_
 with that class's default arguments: ``crl`` is CRL with alpha 1.5, beta 1; ``ce`` plain cross-entropy) or a
 YAML overlay that sets ``model.init_args.criterion`` (e.g. ``examples/configs/overlays/focal.yaml``).
 
-The study is resumable: a finished run (its ``run.json`` says ``done``) is skipped; an interrupted run is
-resumed from its ``last.ckpt`` when it saved one, else redone from scratch. Result files are written
+The study is resumable: a finished run (its ``run.json`` says ``done``) of the same experiment, seed and fold
+(`crl_lightning.runs`) is reused; an interrupted run is resumed from its ``last.ckpt`` when it saved one, else
+redone from scratch. A run folder of another experiment is refused, naming the keys that changed
+(``data.init_args.batch_size: 128 -> 16``). Result files are written
 atomically, so a half-written file is never read as a result. At the end it writes ``<out>/study.json``,
 ``<out>/study.md`` and ``<out>/curves.png`` and prints the tables:
 
@@ -27,8 +29,6 @@ atomically, so a half-written file is never read as a result. At the end it writ
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import hashlib
 import json
 import platform
@@ -44,7 +44,19 @@ from typing import Any
 import lightning as L
 import torch
 
-from crl_lightning.files import newest_last_checkpoint, write_text_atomic
+from crl_lightning.runs import (
+    RecordError,
+    config_changes,
+    experiment_id,
+    experiment_settings,
+    newest_last_checkpoint,
+    read_history,
+    read_json,
+    read_record,
+    utc_now,
+    write_json,
+    write_text_atomic,
+)
 from crl_lightning.statistics import paired_comparison, summarize
 
 __all__ = ["METRICS", "PairingFingerprint", "criterion_arguments", "main", "parse_seeds", "run_study", "study_report"]
@@ -57,7 +69,9 @@ METRICS = {
 }
 #: Version tag of ``study.json``.
 STUDY_FORMAT = "crl_lightning.study/1"
+#: The run marker of a study's run folder (`run_one`) and its version tag.
 RUN_FILE = "run.json"
+RUN_FORMAT = "crl_lightning.study_run/2"
 MAX_SEEDS = 1000
 
 
@@ -155,70 +169,66 @@ class PairingFingerprint(L.Callback):
         self.weights, self.first_batch = state_dict.get("weights"), state_dict.get("first_batch")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, record: dict[str, Any]) -> Path:
-    return write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
-
-
-def _read_history(path: str | None) -> list[dict[str, str]]:
-    if not path or not Path(path).is_file():
-        return []
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def config_digests(args: Sequence[str]) -> dict[str, str]:
-    """SHA-256 (first 16 hex digits) of every ``--config`` file named in ``args``, by path as given.
-
-    A finished run is reused only when its config files still hold what they held when it ran.
-    """
-    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    return {path: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] for path in paths if Path(path).is_file()}
+def _run_conflict(run_dir: Path, record: dict[str, Any], run: dict[str, Any]) -> str | None:
+    """Why the run folder's ``run.json`` record is not a run of ``run`` (experiment, seed, fold); ``None`` if it is."""
+    if record.get("format") != RUN_FORMAT or "experiment" not in record:
+        return (f"{run_dir}: expected a run folder of format {RUN_FORMAT}, got {RUN_FILE} of format "
+                f"{record.get('format')!r} (made by another version of crl study)")
+    if record["experiment"]["id"] != run["experiment"]["id"]:
+        changes = config_changes(record["experiment"]["settings"], run["experiment"]["settings"])
+        return f"{run_dir}: expected a run of this experiment, got one of another: {changes}"
+    for key in ("seed", "fold"):
+        if record.get(key) != run[key]:
+            return f"{run_dir}: expected a run with {key} {run[key]}, got one with {key} {record.get(key)}"
+    return None
 
 
 def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
-    """One ``crl fit --test_after_fit true`` run in ``run_dir`` (skipped when done; resumed when it can be).
+    """One ``crl fit --test_after_fit true`` run in ``run_dir`` (reused when done; resumed when it can be).
+
+    The run's experiment, seed and fold (`crl_lightning.runs`) are resolved from ``args`` first (nothing is
+    built): a folder holding a run of another experiment, seed or fold is refused, with the keys that differ.
 
     Returns:
-        The run's ``run.json`` record: ``status``, ``args``, ``metrics`` (the test metrics), ``files``
-        (``test_metrics``, ``history``), ``fingerprint`` and ``wall_s`` (seconds of this run's fit + test).
+        The run's ``run.json`` record: ``format``, ``status``, ``args``, ``experiment``, ``seed``, ``fold``,
+        ``metrics`` (the test metrics), ``files`` (``test_metrics``, ``history``), ``fingerprint``, ``epochs``,
+        ``resumed_from`` and ``wall_s`` (seconds of this run's fit + test).
 
     Raises:
-        ValueError: ``run_dir`` holds a run made with other arguments or other config file contents, or is a
-            folder the study did not make.
+        ValueError: ``run_dir`` holds a run of another experiment, seed or fold (the message names the keys that
+            differ: ``data.init_args.batch_size: 128 -> 16``), or is a folder the study did not make.
         RuntimeError: the run ended without writing its test metrics.
     """
     from crl_lightning.callbacks import History, TestReport
-    from crl_lightning.cli import build_cli
+    from crl_lightning.cli import build_cli, resolve_config
 
+    config = resolve_config(["fit", *args])
+    if (config.get("trainer") or {}).get("fast_dev_run"):
+        raise ValueError(f"{run_dir}: expected a run that records its results, got trainer.fast_dev_run, under "
+                         "which nothing is written; use --trainer.max_epochs 1 --trainer.limit_train_batches N")
+    settings = experiment_settings(config)
+    fold = ((config.get("data") or {}).get("init_args") or {}).get("fold")
+    run = {"experiment": {"id": experiment_id(settings), "settings": settings},
+           "seed": config.get("seed_everything"), "fold": fold}
     marker = run_dir / RUN_FILE
-    record = _read_json(marker) if marker.exists() else None
+    try:
+        record = read_json(marker) if marker.exists() else None
+    except RecordError:
+        record = None  # cannot happen with atomic writes; treated as an interrupted run
     if run_dir.exists() and record is None and any(run_dir.iterdir()):
         raise ValueError(f"{run_dir}: expected a run folder of this study ({RUN_FILE}), got a folder without one; "
                          "use another --out or remove it")
-    if record is not None and record.get("args") != args:
-        raise ValueError(f"{run_dir}: expected a run with the arguments {args}, got one made with "
-                         f"{record.get('args')}; use another --out, or delete the folder to redo it")
-    configs = config_digests(args)
-    if record is not None and record.get("configs", configs) != configs:
-        changed = sorted(k for k in configs.keys() | record["configs"].keys()
-                         if configs.get(k) != record["configs"].get(k))
-        raise ValueError(f"{run_dir}: expected the config files of its run unchanged, got other contents in "
-                         f"{changed}; use another --out, or delete the folder to redo it")
+    conflict = _run_conflict(run_dir, record, run) if record is not None else None
+    if conflict is not None:
+        raise ValueError(f"{conflict}; use another --out, or delete the folder to redo it")
     if record is not None and record.get("status") == "done":
         return record
     last = newest_last_checkpoint(run_dir)
     resume = str(last) if last is not None else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run without a checkpoint: redo it from scratch
-    _write_json(marker, {"status": "running", "args": args, "configs": configs})
+    base = {"format": RUN_FORMAT, "args": args, **run}
+    write_json(marker, {**base, "status": "running"})
     fingerprint = PairingFingerprint()
     start = time.monotonic()
     cli = build_cli(["fit", *args, *(["--ckpt_path", resume] if resume else [])],
@@ -227,17 +237,16 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
     report = next((cb for cb in cli.trainer.callbacks if isinstance(cb, TestReport)), None)
     history = next((cb for cb in cli.trainer.callbacks if isinstance(cb, History)), None)
     metrics_file = report.last_path if report is not None else None
-    metrics = (_read_json(metrics_file) or {}).get("metrics") if metrics_file is not None else None
-    if not metrics:
+    if metrics_file is None:
         raise RuntimeError(f"{run_dir}: expected the run to write its test metrics (TestReport), got none")
+    metrics = read_record(metrics_file)
     record = {
-        "status": "done", "args": args, "configs": configs, "metrics": metrics, "resumed_from": resume,
-        "wall_s": round(wall, 1),
-        "epochs": cli.trainer.current_epoch, "fingerprint": fingerprint.state_dict(),
+        **base, "status": "done", "metrics": metrics["metrics"], "resumed_from": resume, "wall_s": round(wall, 1),
+        "epochs": metrics.get("epochs"), "fingerprint": fingerprint.state_dict(),
         "files": {"test_metrics": str(metrics_file),
                   "history": str(history.last_path) if history is not None and history.last_path else None},
     }
-    _write_json(marker, record)
+    write_json(marker, record)
     return record
 
 
@@ -261,7 +270,7 @@ def run_study(
             runs.append({"criterion": label, "seed": seed, "dir": str(run_dir), **record})
     return {
         "format": STUDY_FORMAT,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "base_args": list(base_args), "criteria": labels, "seeds": list(seeds),
         "invocation_wall_s": round(time.monotonic() - start, 1),
         "runs_wall_s": round(sum(r["wall_s"] for r in runs), 1),
@@ -378,7 +387,7 @@ def save_curves(study: dict[str, Any], path: Path) -> Path | None:
 
     curves: dict[str, list[tuple[list[float], list[float]]]] = {}
     for r in study["runs"]:
-        rows = [row for row in _read_history(r["files"].get("history")) if row.get("val_top1_err")]
+        rows = [row for row in read_history(r["files"].get("history")) if row.get("val_top1_err")]
         if rows:
             curves.setdefault(r["criterion"], []).append(
                 ([float(row["epoch"]) for row in rows], [float(row["val_top1_err"]) for row in rows]))
@@ -423,7 +432,7 @@ def main(args: Sequence[str] | None = None) -> None:
     study = run_study(base_args, opts.criteria, seeds, out)
     curves = save_curves(study, out / "curves.png")
     study["files"] = {"study_md": "study.md", "curves": curves.name if curves else None}
-    _write_json(out / "study.json", study)
+    write_json(out / "study.json", study)
     report = format_study(study)
     write_text_atomic(out / "study.md", report)
     print(report)

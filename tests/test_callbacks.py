@@ -10,9 +10,10 @@ import pytest
 import torch
 from data_fixtures import CONFIGS
 
-from crl_lightning.callbacks import METRICS_FILENAME, TestReport
+from crl_lightning.callbacks import TestReport
 from crl_lightning.cli import build_cli
 from crl_lightning.metrics import eval_metrics
+from crl_lightning.runs import METRICS_FILENAME
 
 FIGURES = ["figures/confusion_matrix.png", "figures/reliability_diagram.png", "figures/softmax_heatmap.png"]
 
@@ -28,8 +29,12 @@ def test_fit_then_test_writes_exactly_the_report_files_and_keys(tmp_path, saved_
         "checkpoints/epoch=0-step=2.ckpt", "checkpoints/last.ckpt", "config.yaml", "hparams.yaml", "metrics.csv",
         "history.csv", METRICS_FILENAME, "confusion_matrix.csv", *FIGURES])
     record = json.loads((run / METRICS_FILENAME).read_text())
-    assert set(record) == {"format", "created", "dataset", "backbone", "criterion", "seed", "metrics",
-                           "per_class_acc", "class_names", "num_samples", "ckpt_path", "files", "config"}
+    assert set(record) == {"format", "created", "dataset", "backbone", "model", "criterion", "seed", "fold",
+                           "experiment", "command", "epochs", "trained_by", "metrics", "per_class_acc",
+                           "class_names", "num_samples", "ckpt_path", "files", "config"}
+    assert record["format"] == "crl_lightning.test_metrics/2"
+    assert (record["command"], record["epochs"], record["trained_by"], record["fold"]) == ("fit", 1, None, None)
+    assert set(record["experiment"]) == {"id", "label", "settings"} and len(record["experiment"]["id"]) == 12
     assert set(record["metrics"]) == {"test_loss", "test_top1_err", "test_top5_err", "test_ece", "test_nll",
                                       "test_mean_class_acc"}
     assert record["files"] == {"confusion_matrix": "confusion_matrix.csv", "figures": {

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from crl_lightning import ImageClassifier
-from crl_lightning.callbacks import METRICS_FILENAME
 from crl_lightning.cli import build_cli
+from crl_lightning.runs import METRICS_FILENAME
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")
@@ -117,4 +117,5 @@ def test_wandb_job_type_is_the_subcommand(subcommand, tmp_path, monkeypatch):
     assert logger._experiment is None  # nothing started
     init = logger._wandb_init
     assert init["job_type"] == subcommand
-    assert init["group"] == "Digits/preact_resnet20/CRL(alpha=1.5, beta=1)" and init["name"] == init["group"] + "/seed0"
+    label = "Digits/preact_resnet20/CRL(alpha=1.5, beta=1)"
+    assert init["group"] == f"{label} #{init['config']['crl']['experiment']['id']}" and init["name"] == label + "/seed0"

@@ -25,10 +25,10 @@ import pytest
 import torch
 from PIL import Image
 
-from crl_lightning.callbacks import PREDICTIONS_FILENAME
 from crl_lightning.cli import check_checkpoint, main
 from crl_lightning.console import error_message
 from crl_lightning.data import DigitsDataModule
+from crl_lightning.runs import PREDICTIONS_FILENAME
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")

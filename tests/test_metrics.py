@@ -341,7 +341,8 @@ def test_plain_python_test_writes_the_metrics_file(tmp_path):
     trainer(tmp_path).test(model, DataLoader(make_data(40), batch_size=16), verbose=False)
     record = json.loads((tmp_path / "test_metrics.json").read_text())
     assert record["dataset"] == "TensorDataset"
-    assert record["backbone"] == "preact_resnet20"  # the hparam; TinyClassifier overrides build_backbone
+    assert record["backbone"] == "Sequential"  # the network TinyClassifier builds, not the unused default name
+    assert (record["model"], record["command"], record["epochs"]) == ("TinyClassifier", "test", 0)
     assert record["criterion"]["label"] == "CRL(alpha=1.5, beta=1)"
     assert record["seed"] == 7 and record["num_samples"] == 40 and record["config"] is None
     assert set(record["metrics"]) >= {"test_loss", "test_top1_err", "test_top5_err", "test_ece", "test_nll"}

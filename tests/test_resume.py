@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from crl_lightning.cli import build_cli, main
-from crl_lightning.files import newest_last_checkpoint
+from crl_lightning.runs import newest_last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crl_lightning.callbacks import METRICS_FILENAME
 from crl_lightning.cli import main as crl
+from crl_lightning.runs import METRICS_FILENAME
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")
@@ -47,9 +47,11 @@ def test_offline_wandb_run_writes_its_folder_and_finishes(tmp_path, monkeypatch)
              "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false"])
         run = wandb.run
         assert run is not None and run.offline
-        group = "Digits/preact_resnet20/CRL(alpha=1.5, beta=1)"
-        assert (run.group, run.name, run.job_type) == (group, group + "/seed0", "fit")
-        assert set(run.tags) == {"Digits", "preact_resnet20", "CRL(alpha=1.5, beta=1)"}
+        label = "Digits/preact_resnet20/CRL(alpha=1.5, beta=1)"
+        group = f"{label} #{run.config['crl']['experiment']['id']}"  # the experiment's name
+        assert (run.group, run.name, run.job_type) == (group, label + "/seed0", "fit")
+        assert set(run.tags) == {"Digits", "preact_resnet20", "CRL(alpha=1.5, beta=1)",
+                                 run.config["crl"]["experiment"]["id"]}
         config = dict(run.config)
         assert config["trainer"]["max_epochs"] == 1 and config["seed_everything"] == 0  # the resolved config
         assert config["model"]["init_args"]["criterion"]["init_args"] == {
@@ -72,6 +74,7 @@ def test_offline_wandb_run_writes_its_folder_and_finishes(tmp_path, monkeypatch)
     assert [e for e in expected if e not in records] == []
     report = json.loads((root / "crl_lightning" / run_id / METRICS_FILENAME).read_text())  # next to checkpoints
     assert summary["test_top1_err"] == pytest.approx(report["metrics"]["test_top1_err"])
+    assert group == f"{report['experiment']['label']} #{report['experiment']['id']}"  # as crl compare pools it
     assert list((root / "crl_lightning" / run_id / "checkpoints").glob("*.ckpt"))
     images = sorted(p.name.split("_")[0] for p in (run_dir / "files" / "media" / "images" / "test").glob("*.png"))
     assert images == ["confusion", "reliability", "softmax"]
@@ -130,9 +133,9 @@ def test_configure_wandb_loggers_keeps_user_values(tmp_path):
     from lightning.pytorch.loggers import WandbLogger
 
     from crl_lightning import ImageClassifier
-    from crl_lightning.callbacks import configure_wandb_loggers
     from crl_lightning.data import DigitsDataModule
     from crl_lightning.losses import CrossEntropyLoss
+    from crl_lightning.wandb_naming import configure_wandb_loggers
 
     L.seed_everything(3)
     model = ImageClassifier("preact_resnet20", num_classes=10, in_chans=1, criterion=CrossEntropyLoss())
@@ -141,8 +144,10 @@ def test_configure_wandb_loggers_keeps_user_values(tmp_path):
     configure_wandb_loggers(trainer, model, DigitsDataModule(), job_type="fit")  # starts no W&B run
     assert auto._experiment is None
     init = auto._wandb_init
-    group = "Digits/preact_resnet20/CE"
-    assert (init["group"], init["name"], init["job_type"]) == (group, group + "/seed3", "fit")
-    assert init["tags"] == ["Digits", "preact_resnet20", "CE"] and init["config"]["crl"]["seed"] == 3
+    experiment = init["config"]["crl"]["experiment"]
+    assert experiment["label"] == "Digits/preact_resnet20/CE"
+    assert (init["group"], init["name"], init["job_type"]) == (
+        f"Digits/preact_resnet20/CE #{experiment['id']}", "Digits/preact_resnet20/CE/seed3", "fit")
+    assert init["tags"] == ["Digits", "preact_resnet20", "CE", experiment["id"]] and init["config"]["crl"]["seed"] == 3
     assert init["dir"] == auto.save_dir == str(tmp_path / "root")  # the run folder follows default_root_dir
     assert (user._wandb_init["name"], user._wandb_init["group"], user.save_dir) == ("mine", "g", str(tmp_path))
