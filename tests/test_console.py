@@ -251,7 +251,8 @@ def test_check_checkpoint_reads_every_record(tmp_path):
 @pytest.mark.usefixtures("plain_argv")
 @pytest.mark.parametrize(("args", "line"), [
     (["--trainer.max_epochs", "abc"], "trainer.max_epochs: expected int, got 'abc'"),
-    (["--data.init_args.batch_sizee", "3"], "data: Option 'batch_sizee' is not accepted"),
+    (["--data.init_args.batch_sizee", "3"],
+     "data.init_args.batch_sizee: unknown option (did you mean data.init_args.batch_size?)"),
     (["--model.init_args.criterion", "CrossEntropyLoss"], "model.init_args.criterion: Multiple subclasses with name "
      "CrossEntropyLoss. Give the full class path to avoid ambiguity: torch.nn.CrossEntropyLoss, "
      "crl_lightning.losses.CrossEntropyLoss. (got 'CrossEntropyLoss')"),

@@ -13,7 +13,6 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -538,6 +537,8 @@ class ImageDataModule(L.LightningDataModule):
         """Seeded train/val indices of ``dataset``, stratified by class when the targets are known."""
         targets = dataset_targets(dataset)
         idx = np.arange(len(dataset))
+        from sklearn.model_selection import train_test_split
+
         try:
             train_idx, val_idx = train_test_split(
                 idx, test_size=self.val_split, random_state=self.seed,

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from crl_lightning.data import transforms as T
 from crl_lightning.data.base import ImageDataModule, TensorImageDataset
@@ -81,6 +79,9 @@ class DigitsDataModule(ImageDataModule):
 
     def build_dataset(self, split: str) -> TensorImageDataset:
         if self._splits is None:
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
+
             digits = load_digits()
             images = torch.from_numpy((digits.images * PIXEL_SCALE).astype(np.uint8)[:, None])  # (1797, 1, 8, 8)
             targets = digits.target.astype(np.int64)

@@ -30,8 +30,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet as tv_resnet
-from torchvision.models import vgg as tv_vgg
 
 __all__ = ["PreActResNet", "register_backbone", "list_backbones", "BACKBONES"]
 
@@ -61,6 +59,8 @@ def list_backbones() -> list[str]:
 
 
 def _cifar_resnet(arch: str, num_classes: int, in_chans: int) -> nn.Module:
+    from torchvision.models import resnet as tv_resnet
+
     model = getattr(tv_resnet, arch)(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -168,6 +168,8 @@ for _depth, _bottleneck in ((20, False), (56, False), (110, False), (164, True))
 
 
 def _cifar_vgg(cfg: str, num_classes: int, in_chans: int) -> nn.Module:
+    from torchvision.models import vgg as tv_vgg
+
     layers = tv_vgg.make_layers(tv_vgg.cfgs[cfg], batch_norm=True)
     if in_chans != 3:
         layers[0] = nn.Conv2d(in_chans, 64, kernel_size=3, padding=1)
