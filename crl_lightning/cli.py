@@ -125,7 +125,6 @@ class CRLCLI(LightningCLI):
         evaluated = config["ckpt_path"] if self.subcommand != "fit" and isinstance(config["ckpt_path"], str) else None
         configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand,
                                 ckpt_path=evaluated)
-        _drop_unset_wandb_anonymous(self.trainer.loggers)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -152,18 +151,6 @@ class CRLCLI(LightningCLI):
             print(f"crl predict: wrote {writers[0].last_path}", flush=True)
         else:
             run_summary(self.trainer, "predict")
-
-
-def _drop_unset_wandb_anonymous(loggers: Sequence[Any]) -> None:
-    """Leave ``anonymous`` out of the ``wandb.init`` arguments of W&B loggers that do not set it.
-
-    Lightning's WandbLogger passes ``anonymous=None`` when it is not set, and wandb (>= 0.19) then prints
-    "The anonymous setting has no effect and will be removed" on every run.
-    """
-    for logger in loggers:
-        init = getattr(logger, "_wandb_init", None)
-        if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
-            del init["anonymous"]
 
 
 def _check_training_length(max_epochs: Any, max_steps: Any) -> None:
