@@ -29,7 +29,7 @@ from torchvision.transforms import v2
 
 from crl_lightning.data import transforms as T
 from crl_lightning.data.base import ImageFileDataModule
-from crl_lightning.data.datasets import BadImagePolicy, ImageFileDataset
+from crl_lightning.data.datasets import BadImagePolicy, ImageFileDataset, check_files_exist
 from crl_lightning.data.splits import check_subject_exclusive, subject_kfold, subject_train_val_split
 
 __all__ = [
@@ -266,12 +266,8 @@ class AdienceFaces(ImageFileDataset):
         base = Path(root) / folder
         paths = [base / f.user_id / f"{prefix}.{f.face_id}.{f.original_image}" for f in faces]
         if check_files:
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"Adience: {len(missing)} of {len(paths)} face images are missing, e.g. {missing[:3]} "
-                    f"(expected {folder}/<user_id>/{prefix}.<face_id>.<original_image>). {ADIENCE_HOWTO}"
-                )
+            check_files_exist(paths, "Adience: face images",
+                              f"expected {folder}/<user_id>/{prefix}.<face_id>.<original_image>. {ADIENCE_HOWTO}")
         super().__init__(paths, labels, bad_images)
         self.faces = faces
         self.groups = [f.user_id for f in faces]

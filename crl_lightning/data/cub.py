@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from crl_lightning.data.base import ImageFileDataModule
-from crl_lightning.data.datasets import BadImagePolicy, ImageFileDataset
+from crl_lightning.data.datasets import BadImagePolicy, ImageFileDataset, check_files_exist
 
 __all__ = [
     "CUB2011",
@@ -223,12 +223,8 @@ class CUB2011(ImageFileDataset):
             self.boxes = [all_boxes[i] for i in ids]
         paths = [root / "images" / images[i] for i in ids]
         if check_files:
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"CUB-200-2011: {len(missing)} of {len(paths)} {split} images listed in images.txt are "
-                    f"missing, e.g. {missing[:3]}; re-extract {CUB_URL} into {root.parent}"
-                )
+            check_files_exist(paths, f"CUB-200-2011: {split} images listed in images.txt",
+                              f"re-extract {CUB_URL} into {root.parent}")
         super().__init__(paths, [labels[i] for i in ids], bad_images)
         self.image_ids = ids
         self.root, self.split, self.crop_to_bbox = root, split, crop_to_bbox

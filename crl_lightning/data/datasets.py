@@ -23,6 +23,7 @@ __all__ = [
     "TransformedSubset",
     "UnlabelledImageDataset",
     "check_bad_images",
+    "check_files_exist",
     "collate_batched",
     "dataset_targets",
     "explain_download_failure",
@@ -47,6 +48,22 @@ def check_bad_images(policy: str) -> BadImagePolicy:
     if policy not in ("raise", "skip"):
         raise ValueError(f"bad_images: expected 'raise' or 'skip', got {policy!r}")
     return policy  # type: ignore[return-value]
+
+
+def check_files_exist(paths: Sequence[Path], what: str, hint: str) -> None:
+    """Raise naming the missing files when any of ``paths`` is not a file.
+
+    Args:
+        paths: the files a dataset lists.
+        what: the files, for the message, e.g. ``"Adience: face images"``.
+        hint: appended to the message: the expected layout or how to get the data.
+
+    Raises:
+        FileNotFoundError: ``{what}: {k} of {n} are missing, e.g. [the first three]; {hint}``.
+    """
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{what}: {len(missing)} of {len(paths)} are missing, e.g. {missing[:3]}; {hint}")
 
 
 class TransformedSubset(Dataset):
