@@ -397,7 +397,7 @@ class AdienceDataModule(ImageFileDataModule):
             fold_of = np.asarray([f.fold for f in faces], dtype=np.int64)
         test_idx = np.flatnonzero(fold_of == self.fold)
         train_idx = np.flatnonzero(fold_of != self.fold)
-        check_subject_exclusive(groups, train_idx, test_idx, ("train", f"test fold {self.fold}"))
+        check_subject_exclusive(groups, train_idx.tolist(), test_idx.tolist(), ("train", f"test fold {self.fold}"))
         val_idx = np.empty(0, dtype=np.int64)
         if self.val_split > 0:
             tr, va = subject_train_val_split(

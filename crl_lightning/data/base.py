@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -156,6 +156,17 @@ class ImageDataModule(L.LightningDataModule):
         """The batch-level MixUp/CutMix of training batches (`Augmentation.batch_mix`), or ``None`` when off."""
         return self.augment.batch_mix(self.num_classes)
 
+    def normalization(self) -> T.Stats:
+        """`stats`: the per-channel (mean, std) of the [0, 1] pixels that the images are normalised with.
+
+        Raises:
+            RuntimeError: they are not known yet (a DataModule that computes them from its training images
+                does so in `setup`).
+        """
+        if self.stats is None:
+            raise RuntimeError(f"{type(self).__name__}: the normalisation stats are not known yet; call setup() first")
+        return self.stats
+
     def batch_augment(self) -> tuple[int, bool] | None:
         """``(padding, flip)`` of the on-device training augmentation (`batch_transforms.random_crop_flip`).
 
@@ -170,7 +181,7 @@ class ImageDataModule(L.LightningDataModule):
         is normalised; then training batches get MixUp/CutMix (`batch_mix`), which makes the targets soft.
 
         Raises:
-            RuntimeError: ``augment.on_device`` before the normalisation statistics are known (before `setup`).
+            RuntimeError: ``augment.on_device`` before the normalisation statistics are known (see `normalization`).
         """
         training = self.trainer is not None and self.trainer.training
         mix = self.batch_mix() if training else None
@@ -178,13 +189,10 @@ class ImageDataModule(L.LightningDataModule):
             return batch
         images, target, rest = batch[0], batch[1], list(batch[2:])
         if self.augment.on_device:
-            if self.stats is None:
-                raise RuntimeError(f"{type(self).__name__}: augment.on_device needs the normalisation stats; "
-                                   "call setup() first")
             augment = self.batch_augment()
             if augment is not None and training:
                 images = random_crop_flip(images, *augment)
-            images = normalize(images, *self.stats)
+            images = normalize(images, *self.normalization())
         if mix is not None:
             images, target = mix(images, target)
         return [images, target, *rest]
@@ -249,7 +257,7 @@ class ImageDataModule(L.LightningDataModule):
     def split_indices(self, dataset: Dataset) -> tuple[list[int], list[int]]:
         """Seeded train/val indices of ``dataset``, stratified by class when the targets are known."""
         targets = dataset_targets(dataset)
-        idx = np.arange(len(dataset))
+        idx = np.arange(len(cast(Sized, dataset)))
         try:
             train_idx, val_idx = train_test_split(
                 idx, test_size=self.val_split, random_state=self.seed,
@@ -272,7 +280,7 @@ class ImageDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,  # no BatchNorm crash on a last batch of 1
+            drop_last=train and len(cast(Sized, dataset)) > self.batch_size,  # no BatchNorm crash on a last batch of 1
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

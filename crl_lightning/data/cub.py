@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def read_cub_boxes(root: str | Path) -> dict[int, tuple[float, float, float, flo
 
 
 def _check_same_ids(
-    reference: dict[int, object], other: dict[int, object], ref_name: str, other_name: str
+    reference: Mapping[int, object], other: Mapping[int, object], ref_name: str, other_name: str
 ) -> None:
     if reference.keys() != other.keys():
         only_ref = sorted(reference.keys() - other.keys())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from PIL import Image
@@ -77,7 +77,7 @@ class TransformedSubset(Dataset):
 
     def __init__(self, dataset: Dataset, indices: Sequence[int] | None = None, transform: Callable | None = None):
         self.dataset, self.transform = dataset, transform
-        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        self.indices = list(range(len(cast(Sized, dataset)))) if indices is None else list(indices)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -102,7 +102,7 @@ class TransformedSubset(Dataset):
     def __getitems__(self, positions: list[int]) -> Any:
         """A DataLoader batch: ``(images, targets)`` tensors when `batched`, else the list of samples."""
         if self.batched:
-            return self.dataset.__getitems__([self.indices[i] for i in positions])
+            return cast(TensorImageDataset, self.dataset).__getitems__([self.indices[i] for i in positions])
         return [self[i] for i in positions]
 
 

@@ -71,7 +71,7 @@ class DigitsDataModule(ImageDataModule):
         return self._splits[split]
 
     def train_transform(self) -> Callable:
-        return T.to_normalized_tensor(self.stats)
+        return T.to_normalized_tensor(self.normalization())
 
     def eval_transform(self) -> Callable:
-        return T.to_normalized_tensor(self.stats)
+        return T.to_normalized_tensor(self.normalization())

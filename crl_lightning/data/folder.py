@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -152,19 +152,25 @@ def channel_stats(dataset: Dataset) -> tuple[list[float], list[float]]:
 
     Returns:
         ``(mean, std)``, one float per channel, fractions of the full 0-255 range.
+
+    Raises:
+        ValueError: no readable image in ``dataset``.
     """
+    batches: Iterable[torch.Tensor]
     if isinstance(dataset, TensorImageDataset):
         batches = [dataset.images]
     else:
-        samples = (dataset[i] for i in range(len(dataset)))
+        samples = (dataset[i] for i in range(len(cast(Sized, dataset))))
         batches = (v2.functional.to_image(s[0])[None] for s in samples if s is not None)
-    total = total_sq = None
+    total = total_sq = torch.zeros(())
     count = 0
     for batch in batches:
         x = batch.to(torch.float64).div_(255.0)
         s, sq = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
-        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        total, total_sq = (s, sq) if count == 0 else (total + s, total_sq + sq)
         count += x.shape[0] * x.shape[2] * x.shape[3]
+    if count == 0:
+        raise ValueError("dataset: expected at least one readable image, got none")
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
     return mean.tolist(), std.tolist()
@@ -247,7 +253,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.preset, self.image_size, self.train_per_class = preset, image_size, train_per_class
         self._native_size: tuple[int, int] | None = None
         self.in_memory = in_memory
-        self.stats: T.Stats | None = None if mean is None else (tuple(mean), tuple(std))
+        self.stats: T.Stats | None = None if mean is None or std is None else (tuple(mean), tuple(std))
         _, _, self.classes = list_image_folder(self.data_dir / "train")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.num_classes = len(self.classes)
@@ -279,7 +285,7 @@ class ImageFolderDataModule(ImageDataModule):
         view = self._view(split, dataset, indices)
         if split == "train":
             if self._native_size is None and view.indices:
-                self._native_size = self._size_of(view[0][0])
+                self._native_size = self._size_of(view[0])
             if self.stats is None:
                 mean, std = channel_stats(view)
                 self.stats = (tuple(mean), tuple(std))
@@ -308,22 +314,30 @@ class ImageFolderDataModule(ImageDataModule):
         if self.image_size is not None:
             return self.image_size, self.image_size
         if self._native_size is None:
-            self._native_size = self._size_of(self.build_dataset("train")[0][0])
+            self._native_size = self._size_of(self.build_dataset("train")[0])
         return self._native_size
 
     @staticmethod
-    def _size_of(image: Any) -> tuple[int, int]:
-        """(H, W) of a PIL image or a (C, H, W) tensor."""
-        height, width = v2.functional.to_image(image).shape[-2:]
+    def _size_of(sample: tuple[Any, Any] | None) -> tuple[int, int]:
+        """(H, W) of the image (PIL, or a (C, H, W) tensor) of an ``(image, target)`` sample.
+
+        Raises:
+            ValueError: ``sample`` is ``None``: the image was unreadable and skipped (``bad_images="skip"``).
+        """
+        if sample is None:
+            raise ValueError("image_size: expected the first training image to give the native size, got an "
+                             "unreadable one (skipped, bad_images='skip'); set image_size")
+        height, width = v2.functional.to_image(sample[0]).shape[-2:]
         return int(height), int(width)
 
     def train_transform(self) -> Callable:
         if self.preset == "imagenet":
-            return T.imagenet_train(self.image_size or 224, self.stats)
+            return T.imagenet_train(self.image_size or 224, self.normalization())
         size = self._input_size()
-        return v2.Compose([v2.Resize(size), *T.cifar_train(self.stats, size).transforms])  # no-op at that size
+        # the Resize is a no-op at that size
+        return v2.Compose([v2.Resize(size), *T.cifar_train(self.normalization(), size).transforms])
 
     def eval_transform(self) -> Callable:
         if self.preset == "imagenet":
-            return T.imagenet_eval(self.image_size or 224, stats=self.stats)
-        return v2.Compose([v2.Resize(self._input_size()), T.to_normalized_tensor(self.stats)])
+            return T.imagenet_eval(self.image_size or 224, stats=self.normalization())
+        return v2.Compose([v2.Resize(self._input_size()), T.to_normalized_tensor(self.normalization())])

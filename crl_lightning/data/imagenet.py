@@ -176,8 +176,8 @@ class ImageNetDataModule(ImageFileDataModule):
             raise FileNotFoundError(
                 f"ImageNet: expected the val folder {self.val_dir}, found none. {IMAGENET_HOWTO}"
             )
-        with os.scandir(self.val_dir) as entries:
-            entries = [e for e in entries if not e.name.startswith(".")]
+        with os.scandir(self.val_dir) as scan:
+            entries = [e for e in scan if not e.name.startswith(".")]
             has_dirs = any(e.is_dir() for e in entries)
             has_images = any(e.is_file() and is_image_file(e.name) for e in entries)
         if has_dirs and has_images:
