@@ -127,3 +127,28 @@ def test_augmentation_fields_are_validated():
         data.CUB200DataModule(augment=Augmentation(on_device=True))
     with pytest.raises(ValueError, match="bad_images: expected 'raise' or 'skip', got 'ignore'"):
         data.DigitsDataModule(bad_images="ignore")  # type: ignore[arg-type]
+
+
+class _Recording(data.DigitsDataModule):
+    """Digits that records each `wrap_dataset` call: (split, dataset length, number of indices or None)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls: list[tuple[str, int, int | None]] = []
+
+    def wrap_dataset(self, split, dataset, indices=None):
+        self.calls.append((split, len(dataset), None if indices is None else len(indices)))
+        return super().wrap_dataset(split, dataset, indices)
+
+
+def test_setup_wraps_each_split_once_through_the_hook_train_first():
+    dm = _Recording()  # 1,797 digits: 360 test; 1,437 split 1,293 / 144 (val_split 0.1)
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.calls == [("train", 1437, 1293), ("val", 1437, 144), ("test", 360, None)]
+    assert len(dm.datasets["train"]) == 1293 and dm.datasets["val"] is not dm.datasets["test"]
+    on_test = _Recording(val_split=0.0)  # validation on the test split: one dataset for both loaders
+    on_test.setup("fit")
+    on_test.setup("test")
+    assert on_test.calls == [("train", 1437, None), ("val", 360, None)]
+    assert on_test.datasets["val"] is on_test.datasets["test"]
