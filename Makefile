@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy crl_lightning
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -208,7 +208,7 @@ def _init_default(model_class: type, name: str) -> Any:
     """The default of init argument ``name`` of ``model_class`` (the first ``__init__`` in its MRO with it)."""
     for cls in model_class.__mro__:
         if "__init__" in vars(cls):
-            parameter = inspect.signature(cls.__init__).parameters.get(name)
+            parameter = inspect.signature(vars(cls)["__init__"]).parameters.get(name)
             if parameter is not None:
                 return parameter.default
     return inspect.Parameter.empty
@@ -376,9 +376,8 @@ class _HelpFormatter(DefaultHelpFormatter):
     documented as "(see above)" there would point to nothing.
     """
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = super()._get_help_string(action)
-        return text.replace("see above", "see the class docstring") if text else text
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return super()._get_help_string(action).replace("see above", "see the class docstring")
 
 
 class _Parser(LightningArgumentParser):

@@ -9,7 +9,7 @@ import torch
 from cifar_fixtures import CIFAR100_COARSE_OF_FINE, trust_fixture_md5, write_cifar10, write_cifar100
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from crl_lightning.data import CIFAR10DataModule, CIFAR100DataModule
+from crl_lightning.data import Augmentation, CIFAR10DataModule, CIFAR100DataModule
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_corrupt_and_missing_files_are_told_apart(tmp_path, monkeypatch):
 def test_device_pipeline_crops_flips_and_normalises_training_batches(tmp_path, monkeypatch):
     root = write_cifar10(tmp_path)
     trust_fixture_md5(monkeypatch, CIFAR10, root)
-    dm = CIFAR10DataModule(root, augment_on_device=True, batch_size=20)
+    dm = CIFAR10DataModule(root, augment=Augmentation(on_device=True), batch_size=20)
     dm.setup("fit")
     assert dm.batch_augment() == (4, True)
     images, target = next(iter(dm.train_dataloader()))

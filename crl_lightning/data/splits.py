@@ -70,8 +70,8 @@ def _check_inputs(targets: Sequence[int], groups: Sequence[Hashable], n_splits: 
 
 def check_subject_exclusive(
     groups: Sequence[Hashable],
-    first: Sequence[int],
-    second: Sequence[int],
+    first: Sequence[int] | np.ndarray,
+    second: Sequence[int] | np.ndarray,
     names: tuple[str, str] = ("train", "test"),
 ) -> None:
     """Raise if a group id occurs both among the samples ``first`` and among ``second``.

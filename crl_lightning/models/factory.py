@@ -218,7 +218,7 @@ def find_cached_weights(arch: str) -> tuple[Path | None, list[str]]:
             found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision or None)
             if isinstance(found, str) and Path(found).is_file():
                 return Path(found), looked
-    if cfg.url:
+    if isinstance(cfg.url, str) and cfg.url:
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
         looked.append(str(path))
         if path.is_file():
