@@ -15,18 +15,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
 from crl_lightning import ImageClassifier
 from crl_lightning.losses import CrossEntropyLoss
 from crl_lightning.metrics import (
     ExactAccuracy,
     ExpectedCalibrationError,
+    NegativeLogLikelihood,
     OneOffAccuracy,
+    PaddingTrimmer,
     TopKError,
     classification_metrics,
     eval_metrics,
     one_off_accuracy_from_confusion,
+    per_class_accuracy,
+    unpadded_sample_count,
 )
 
 # ----- ECE: confidences exactly on the bin edges --------------------------------------------------------
@@ -214,3 +218,83 @@ def test_classifier_logs_every_test_metric_in_its_unit(tmp_path):
     (result,) = trainer.test(model, DataLoader(TensorDataset(logits, UNIT_TARGET), batch_size=3), verbose=False)
     expected = {f"test_{k}": v for k, v in UNITS.items()} | {"test_loss": UNITS["nll"]}
     assert result == pytest.approx(expected, rel=1e-5)
+
+
+# ----- merged states, names, dtypes (found by mutation testing) -------------------------------------------------
+def test_merged_states_equal_one_process_that_saw_every_sample():
+    """Two metric objects (two processes' states) merged with torchmetrics' ``merge_state`` give the value of one
+    object that saw both batches: every state is a sum. Guards against a state declared without
+    ``dist_reduce_fx="sum"`` (the DDP test that checks this end to end is too slow for the mutation runs)."""
+    logits = 10.0 * F.one_hot(UNIT_PRED, 4).float()
+    for make in (lambda: OneOffAccuracy(4), lambda: ExpectedCalibrationError(4, num_bins=4),
+                 lambda: NegativeLogLikelihood(4)):
+        whole, first, second = make(), make(), make()
+        whole.update(logits, UNIT_TARGET)
+        first.update(logits[:3], UNIT_TARGET[:3])
+        second.update(logits[3:], UNIT_TARGET[3:])
+        first.merge_state(second)
+        assert first.compute().item() == pytest.approx(whole.compute().item(), rel=1e-6)
+
+
+def test_collection_names_without_a_prefix_and_the_configured_bins():
+    """Default prefix is empty; ``calibration_bins`` reaches the ECE; top-k gets its own k. Guards against a changed
+    default prefix, the bins argument dropped (15 bins) and every k becoming top-1 (top4_err would be 50 %)."""
+    assert set(classification_metrics(4, (1, 2)).keys(keep_base=False)) == {"top1_err", "top2_err"}
+    metrics = eval_metrics(4, (1, 4), ordinal=True, calibration_bins=4)
+    assert set(metrics.keys(keep_base=False)) == {"top1_err", "top4_err", "exact_acc", "one_off_acc", "ece", "nll",
+                                                  "mean_class_acc"}
+    assert metrics["ece"].num_bins == 4 and metrics["one_off_acc"].tolerance == 1
+    metrics.update(10.0 * F.one_hot(UNIT_PRED, 4).float(), UNIT_TARGET)
+    values = {k: v.item() for k, v in metrics.compute().items()}
+    assert values["top4_err"] == 0.0 and values["top1_err"] == 50.0 and values["one_off_acc"] == 75.0
+
+
+def test_confusion_helpers_at_their_limits():
+    """A single counted sample is enough (``total <= 0`` is the empty case, not ``<= 1``); the helpers return float64
+    as documented; the error message is the documented one."""
+    one = torch.zeros(3, 3, dtype=torch.long)
+    one[2, 1] = 1
+    assert one_off_accuracy_from_confusion(one) == 100.0
+    assert one_off_accuracy_from_confusion(one, tolerance=0) == 0.0
+    with pytest.raises(ValueError, match="^confusion: expected at least one counted sample, got an all-zero matrix$"):
+        one_off_accuracy_from_confusion(torch.zeros(3, 3))
+    acc = per_class_accuracy(torch.tensor([[1, 2], [0, 3]]))
+    assert acc.dtype == torch.float64 and acc.tolist() == pytest.approx([100.0 / 3, 100.0])
+    ece = ExpectedCalibrationError(4, num_bins=4)
+    assert ece.bins()["edges"].dtype == torch.float64
+
+
+# ----- DistributedSampler padding: where the sampler is found, the cut at the shard's end ----------------------
+def test_unpadded_sample_count_finds_the_sampler_in_a_batch_sampler_or_alone():
+    """The DistributedSampler may sit in a custom ``batch_sampler`` (then ``loader.sampler`` is a SequentialSampler)
+    or be the loader's ``sampler`` with ``batch_size=None`` (no batch sampler). 10 samples, 4 ranks: rank 3 has 2
+    real samples of 3. Guards against either lookup being dropped."""
+    data = TensorDataset(torch.arange(10))
+    sampler = DistributedSampler(data, num_replicas=4, rank=3, shuffle=False)
+    in_batches = DataLoader(data, batch_sampler=BatchSampler(sampler, batch_size=2, drop_last=False))
+    assert not isinstance(in_batches.sampler, DistributedSampler)
+    assert unpadded_sample_count(in_batches) == 2
+    unbatched = DataLoader(data, sampler=sampler, batch_size=None)
+    assert unbatched.batch_sampler is None and unpadded_sample_count(unbatched) == 2
+
+
+def test_padding_trimmer_cuts_at_the_shard_end():
+    """Rank 3 of 4 over 10 samples reads 3, 7 and a padded copy of 1. Batches of 2: [3, 7] whole, [1] dropped (None,
+    not an empty batch); a list batch stays a list; an item whose first dimension is not the batch's (a (1,) tensor,
+    a 0-d tensor) is kept whole; the batch size is read from the first item. Index past the list of loaders: no cut.
+    A first call that is not batch 0 cuts nothing. Guards against off-by-one cuts and the list/tuple handling."""
+    data = TensorDataset(torch.arange(10))
+    loader = DataLoader(data, batch_size=2, sampler=DistributedSampler(data, num_replicas=4, rank=3, shuffle=False))
+    trim = PaddingTrimmer()
+    first, last = list(loader)
+    position, kept = trim(first, 0, loader)
+    assert position == 0 and kept is first
+    assert trim(last, 1, loader) == (2, None)
+    position, kept = trim([torch.arange(3), torch.tensor([5.0]), torch.tensor(9.0)], 0, [loader])
+    assert position == 0 and isinstance(kept, list) and kept[0].tolist() == [0, 1]
+    assert kept[1].tolist() == [5.0] and kept[2].item() == 9.0
+    whole = (torch.arange(3), torch.arange(3))
+    position, kept = trim(whole, 0, [loader], 1)  # dataloader_idx 1 of a list of one: nothing to cut
+    assert position == 0 and kept is whole
+    position, kept = PaddingTrimmer()(whole, 4, loader)
+    assert position == 0 and kept is whole

@@ -103,11 +103,12 @@ def test_as_many_groups_as_folds_is_allowed():
         subject_kfold([0, 1, 2, 3, 4, 5], groups, n_splits=4)
 
 
-@pytest.mark.parametrize(("fraction", "n_val_groups"), [(0.5, 4), (0.25, 2), (0.125, 1), (0.3, 3), (0.4, 4)])
+@pytest.mark.parametrize(("fraction", "n_val_groups"), [(0.5, 4), (0.25, 2), (0.125, 1), (0.3, 3), (0.4, 4), (0.35, 3)])
 def test_train_val_split_folds_from_the_fraction(fraction, n_val_groups):
     """8 equal subjects: the validation part is one fold of ``max(2, round(1 / fraction))``: 0.5 -> 2 folds (4
     subjects), 0.25 -> 4 (2), 0.125 -> 8 (1), 0.3 -> 3 (8 / 3: 2 or 3 subjects, here 3), 0.4 -> round(2.5) = 2
-    (4 subjects). Guards against ``1 / fraction`` truncated or the fold count off by one."""
+    (4 subjects), 0.35 -> round(2.86) = 3 (truncation would give 2). Guards against ``1 / fraction`` truncated
+    or the fold count off by one."""
     groups = _subjects([3] * 8)
     targets = [i % 3 for i in range(24)]
     train, val = subject_train_val_split(targets, groups, fraction, seed=0)
