@@ -248,3 +248,36 @@ def test_weighted_mean_with_zero_total_weight_is_zero_not_nan():
     rows = crl_rows(ROWS, target.tolist(), 1.5, 1.0)
     got = competing_ratio_loss(z, target, weight=negative)
     assert got.item() == pytest.approx(-sum(rows) / -4, rel=1e-6)
+
+
+def test_poly1_default_epsilon_is_one():
+    """Poly-1's default ``epsilon = 1`` (Leng et al.): ``CE + (1 - p_c)``, functional and module. Guards against a
+    changed default."""
+    logits, target = torch.tensor(ROWS), torch.tensor([0, 1, 2, 0])
+    rows = []
+    for row, c in zip(ROWS, target.tolist(), strict=True):
+        p_c = math.exp(row[c]) / sum(math.exp(v) for v in row)
+        rows.append(-math.log(p_c) + 1.0 * (1 - p_c))
+    from crl_lightning.losses import Poly1CrossEntropyLoss
+
+    assert poly1_cross_entropy(logits, target).item() == pytest.approx(sum(rows) / 4, rel=1e-6)
+    assert Poly1CrossEntropyLoss()(logits, target).item() == pytest.approx(sum(rows) / 4, rel=1e-6)
+
+
+def test_registered_class_is_what_the_registry_returns(monkeypatch):
+    """`register_criterion` stores the class itself: `criterion_class` returns it and `create_criterion` builds it,
+    dropping ``None`` arguments. Guards against the decorator storing something else or returning another object."""
+    from crl_lightning.losses import registry
+
+    monkeypatch.setattr(registry, "_CRITERIA", dict(registry._CRITERIA))
+
+    class Doubled(torch.nn.Module):
+        def __init__(self, scale: float = 2.0):
+            super().__init__()
+            self.scale = scale
+
+    assert registry.register_criterion("doubled_test")(Doubled) is Doubled
+    assert registry.criterion_class("doubled_test") is Doubled
+    made = registry.create_criterion("doubled_test", scale=None)
+    assert isinstance(made, Doubled) and made.scale == 2.0
+    assert "doubled_test" in registry.list_criteria()

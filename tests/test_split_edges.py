@@ -146,3 +146,42 @@ def test_check_subject_exclusive_lists_at_most_ten():
     eleven = [f"u{i:02d}" for i in range(11)]
     with pytest.raises(ValueError, match=r"got 11: \[.*'u09'\] \.\.\.$"):
         check_subject_exclusive(eleven + eleven, range(11), range(11, 22), ("train", "val"))
+
+
+def _greedy_reference(sizes: list[int], n_splits: int) -> list[set[int]]:
+    """The documented rule in plain Python: subjects by size, largest first, ties in subject order (a stable sort),
+    each into the fold with the fewest samples (the first such fold on a tie)."""
+    load, folds = [0] * n_splits, [set() for _ in range(n_splits)]
+    for g in sorted(range(len(sizes)), key=lambda g: -sizes[g]):
+        k = min(range(n_splits), key=lambda k: load[k])
+        folds[k].add(g)
+        load[k] += sizes[g]
+    return folds
+
+
+def test_fallback_without_shuffle_keeps_tied_subjects_in_order():
+    """20 subjects of 1 to 3 samples (many ties), ``shuffle=False``: the folds are the greedy rule's with ties kept in
+    subject order. Guards against an unstable sort (numpy's default quicksort reorders ties from about 17 items on)
+    and against the shuffle being applied without a seed."""
+    sizes = np.random.default_rng(0).integers(1, 4, 20).tolist()
+    groups = [f"s{g:02d}" for g, size in enumerate(sizes) for _ in range(size)]  # ids sort like the subject index
+    folds = subject_kfold(list(range(len(groups))), groups, n_splits=4, shuffle=False)
+    got = [{int(groups[i][1:]) for i in test} for _, test in folds]
+    assert got == _greedy_reference(sizes, 4)
+
+
+def test_fallback_is_seeded():
+    """The fallback shuffles tied subjects with ``seed``: the same seed gives the same folds, another seed other folds
+    (of the same sizes). Guards against the seed being ignored (an unseeded shuffle) or the shuffle being skipped."""
+    sizes = [2] * 6 + [1] * 6
+    groups = [f"s{g:02d}" for g, size in enumerate(sizes) for _ in range(size)]
+    targets = list(range(len(groups)))
+
+    def tests(seed):
+        return [t.tolist() for _, t in subject_kfold(targets, groups, n_splits=3, seed=seed)]
+
+    assert tests(1) == tests(1) and tests(2) == tests(2)
+    assert len({str(tests(s)) for s in range(6)}) > 1
+    assert all(_fold_sizes(subject_kfold(targets, groups, 3, seed=s)) == [6, 6, 6] for s in range(6))
+    unshuffled = [t.tolist() for _, t in subject_kfold(targets, groups, n_splits=3, seed=0, shuffle=False)]
+    assert unshuffled != tests(0) or unshuffled != tests(1)  # a seeded shuffle, not the plain order
