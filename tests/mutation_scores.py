@@ -1,8 +1,8 @@
 """Per-module mutation scores from ``mutmut results --all true`` (run by ``make mutation``; not a test module).
 
 Usage: ``mutmut results --all true | python tests/mutation_scores.py``. Prints a Markdown table: mutants,
-killed (a test failed; timeouts and segfaults count as killed), survived, no tests (no selected test runs the
-mutated function), score = killed / mutants.
+killed (a test failed; of them, ``timeout`` ran past mutmut's time limit and count as killed, as mutmut counts
+them), survived, no tests (no selected test runs the mutated function), score = killed / mutants.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ def main() -> None:
             continue
         module = name.rsplit(".x", 1)[0]
         by_module[module][status] += 1
-    print("| module | mutants | killed | survived | no tests | other | score |")
+    print("| module | mutants | killed (of them timeout) | survived | no tests | other | score |")
     print("|---|---|---|---|---|---|---|")
     for module, counts in sorted(by_module.items()):
         total = sum(counts.values())
         killed = sum(counts[s] for s in KILLED)
         other = total - killed - counts["survived"] - counts["no tests"]
-        print(f"| `{module}` | {total} | {killed} | {counts['survived']} | {counts['no tests']} | {other} "
-              f"| {100 * killed / total:.1f} % |")
+        print(f"| `{module}` | {total} | {killed} ({counts['timeout']}) | {counts['survived']} "
+              f"| {counts['no tests']} | {other} | {100 * killed / total:.1f} % |")
 
 
 if __name__ == "__main__":

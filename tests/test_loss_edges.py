@@ -281,3 +281,27 @@ def test_registered_class_is_what_the_registry_returns(monkeypatch):
     made = registry.create_criterion("doubled_test", scale=None)
     assert isinstance(made, Doubled) and made.scale == 2.0
     assert "doubled_test" in registry.list_criteria()
+
+
+def test_focal_module_default_gamma_and_its_lower_limit():
+    """`FocalLoss()` is gamma = 2 (Lin et al.); gamma = 0 (cross-entropy) and 0.5 are valid in the module as in the
+    function, a negative gamma is not. Guards against a changed default and ``>= 0`` becoming ``> 0`` or ``>= 1``."""
+    from crl_lightning.losses import FocalLoss
+
+    logits, target = torch.tensor(ROWS), torch.tensor([0, 1, 2, 0])
+    p = [math.exp(r[c]) / sum(math.exp(v) for v in r) for r, c in zip(ROWS, target.tolist(), strict=True)]
+    for module, gamma in ((FocalLoss(), 2.0), (FocalLoss(gamma=0.0), 0.0), (FocalLoss(gamma=0.5), 0.5)):
+        want = sum(-((1 - q) ** gamma) * math.log(q) for q in p) / 4
+        assert module(logits, target).item() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="gamma: expected gamma >= 0, got -1e-09"):
+        FocalLoss(gamma=-1e-9)
+
+
+def test_baselines_name_themselves_when_given_soft_targets():
+    """The soft-target error names the criterion that refused it."""
+    logits = torch.tensor(ROWS)
+    soft = torch.softmax(logits, 1)
+    with pytest.raises(ValueError, match=r"^target: poly1_cross_entropy expected integer class indices of shape"):
+        poly1_cross_entropy(logits, soft)
+    with pytest.raises(ValueError, match=r"^target: focal_loss expected integer class indices of shape \(4,\)"):
+        focal_loss(logits, soft)
