@@ -185,3 +185,20 @@ def test_fallback_is_seeded():
     assert all(_fold_sizes(subject_kfold(targets, groups, 3, seed=s)) == [6, 6, 6] for s in range(6))
     unshuffled = [t.tolist() for _, t in subject_kfold(targets, groups, n_splits=3, seed=0, shuffle=False)]
     assert unshuffled != tests(0) or unshuffled != tests(1)  # a seeded shuffle, not the plain order
+
+
+def test_train_val_split_seed_is_passed_on_and_the_first_fold_is_validation():
+    """The validation part is the first fold of the seeded k-fold split (the documented contract), the default seed
+    is 0, the seed is used (5 and 5 agree, seeds 0..5 do not all agree), and a too-small input names the call.
+    Guards against the seed being dropped or replaced (an unseeded split), another fold being returned and the
+    error naming nothing."""
+    targets, groups = [i % 3 for i in range(60)], [f"u{i // 3:02d}" for i in range(60)]  # 20 subjects of 3
+    train, val = subject_train_val_split(targets, groups, 0.25, seed=5)
+    first_train, first_test = subject_kfold(targets, groups, n_splits=4, seed=5)[0]
+    assert val.tolist() == first_test.tolist() and train.tolist() == first_train.tolist()
+    assert subject_train_val_split(targets, groups, 0.25, seed=5)[1].tolist() == val.tolist()
+    assert subject_train_val_split(targets, groups, 0.25)[1].tolist() == subject_train_val_split(
+        targets, groups, 0.25, seed=0)[1].tolist()
+    assert len({str(subject_train_val_split(targets, groups, 0.25, seed=s)[1].tolist()) for s in range(6)}) > 1
+    with pytest.raises(ValueError, match=r"^subject_train_val_split\(val_fraction=0.25\): expected at least 4"):
+        subject_train_val_split([0, 1, 0], ["a", "b", "c"], 0.25)
