@@ -298,3 +298,19 @@ def test_padding_trimmer_cuts_at_the_shard_end():
     assert position == 0 and kept is whole
     position, kept = PaddingTrimmer()(whole, 4, loader)
     assert position == 0 and kept is whole
+
+
+def test_ece_merge_sums_bins_before_taking_the_gap():
+    """Two processes whose gaps in the same bin have opposite signs: process one is under-confident (all right at
+    confidence .625), process two over-confident (all wrong at .625). Summed bins give one gap |2 * .625 - 1| / 2;
+    per-process gaps added would give (.375 + .625) / 2. Guards against the ECE states not being summed on merge.
+    Also: 15 bins by default (Guo et al.)."""
+    probs = torch.tensor([[0.625, 0.125, 0.125, 0.125]])
+    first, second, whole = (ExpectedCalibrationError(4, num_bins=4, from_logits=False) for _ in range(3))
+    first.update(probs, torch.tensor([0]))
+    second.update(probs, torch.tensor([1]))
+    whole.update(probs.repeat(2, 1), torch.tensor([0, 1]))
+    first.merge_state(second)
+    assert whole.compute().item() == pytest.approx(0.125)
+    assert first.compute().item() == pytest.approx(0.125)
+    assert ExpectedCalibrationError(4).num_bins == 15

@@ -202,3 +202,10 @@ def test_train_val_split_seed_is_passed_on_and_the_first_fold_is_validation():
     assert len({str(subject_train_val_split(targets, groups, 0.25, seed=s)[1].tolist()) for s in range(6)}) > 1
     with pytest.raises(ValueError, match=r"^subject_train_val_split\(val_fraction=0.25\): expected at least 4"):
         subject_train_val_split([0, 1, 0], ["a", "b", "c"], 0.25)
+
+
+def test_class_balanced_subset_is_seeded():
+    """The same seed draws the same subset, other seeds draw others: guards against an unseeded generator."""
+    targets = [i % 4 for i in range(400)]
+    assert class_balanced_subset(targets, 10, seed=7) == class_balanced_subset(targets, 10, seed=7)
+    assert len({str(class_balanced_subset(targets, 10, seed=s)) for s in range(4)}) == 4
