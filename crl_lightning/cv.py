@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from crl_lightning.runs import read_record, write_text_atomic
+from crl_lightning.runs import folder_lock, read_record, write_text_atomic
 from crl_lightning.statistics import mean_std_text
 
 __all__ = ["FoldResult", "fold_args", "format_table", "main", "run_cv"]
@@ -160,7 +160,8 @@ def main(args: Sequence[str] | None = None) -> None:
         parser.error(str(err))
     root_dir = Path(opts.root_dir or _config_value(opts.config, "trainer", "default_root_dir") or "runs/cv")
     base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
-    results = run_cv(base_args, opts.folds, root_dir)
+    with folder_lock(root_dir, "crl cv"):  # one command at a time on a cv folder
+        results = run_cv(base_args, opts.folds, root_dir)
     table = format_table(results, title=f"Cross-validation: {', '.join(opts.config)}")
     print(table)
     output = write_text_atomic(Path(opts.output) if opts.output else root_dir / "cv_results.md", table)

@@ -49,6 +49,7 @@ from crl_lightning.runs import (
     config_changes,
     experiment_id,
     experiment_settings,
+    folder_lock,
     newest_last_checkpoint,
     read_history,
     read_json,
@@ -430,7 +431,8 @@ def main(args: Sequence[str] | None = None) -> None:
         parser.error(str(err))
     base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
     out = Path(opts.out)
-    study = run_study(base_args, opts.criteria, seeds, out)
+    with folder_lock(out, "crl study"):  # one command at a time on a study folder
+        study = run_study(base_args, opts.criteria, seeds, out)
     curves = save_curves(study, out / "curves.png")
     study["files"] = {"study_md": "study.md", "curves": curves.name if curves else None}
     write_json(out / "study.json", study)
