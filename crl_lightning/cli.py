@@ -56,7 +56,9 @@ class CRLCLI(LightningCLI):
     (`check_checkpoint`, right after parsing); ``fit`` with the default schedule (``model.init_args.lr_scheduler``
     null) needs ``trainer.max_epochs`` (`ConfigError`, before anything is built); a model ``num_classes`` or
     ``in_chans`` that was set (not the default) and differs from the DataModule's is refused (`ConfigError`),
-    where the link would silently replace it. The progress bar shows only what the model puts on it
+    where the link would silently replace it. Checkpoints are written atomically in their folder by
+    `crl_lightning.runs.AtomicCheckpointIO` (added to ``trainer.plugins`` unless a ``CheckpointIO`` is configured),
+    so a full disk keeps the earlier ones and ends with one line. The progress bar shows only what the model puts on it
     (`CompactProgressBar`); fit and test end with one line naming the run folder and its files (`run_summary`),
     predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`).
     """
@@ -334,9 +336,11 @@ def _new_cli(cli_class: type[CRLCLI], args: Sequence[str] | None, trainer_defaul
 def main(args: Sequence[str] | None = None) -> None:
     """``crl fit|validate|test|predict`` (LightningCLI) or one of `EXTRA_COMMANDS`; ``args`` default ``sys.argv[1:]``.
 
+    Every ``--config`` file is read as YAML first (`check_config_files`), for every command.
+
     Raises:
         FileNotFoundError: dataset files are missing (the message says where it looked and how to get them).
-        argparse.ArgumentError, ConfigError: see `build_cli`.
+        argparse.ArgumentError, ConfigError: see `build_cli` and `check_config_files`.
         SystemExit: bad arguments of an extra command, or after ``--help`` / ``--print_config``.
     """
     import importlib

@@ -7,7 +7,8 @@ For each fold k the command runs ``crl fit --config ... --data.fold k --test_aft
 weights (a new model per fold, seeded by the config's ``seed_everything``), in ``<root>/fold_<k>``, which tests
 the best checkpoint (the last weights when none was saved) on fold k. It is a study over folds: the same run
 loop as ``crl study`` (`crl_lightning.study.run_one`), so a finished fold is reused, an interrupted one resumed,
-and a fold folder of another experiment refused. It prints, and writes to ``--output``
+and a fold folder of another experiment refused; ``<root>/.crl.lock`` (`crl_lightning.runs.folder_lock`) keeps a
+second command out of the folder while one runs. It prints, and writes to ``--output``
 (default ``<root>/cv_results.md``), a markdown table with per-fold and mean +- std (sample standard
 deviation over folds) of the exact accuracy (``100 - test_top1_err``) and the one-off accuracy (the
 predicted age group within one of the true group; Levi & Hassner 2015, paper Table IV), in percent.

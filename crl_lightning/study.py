@@ -14,7 +14,8 @@ YAML overlay that sets ``model.init_args.criterion`` (e.g. ``examples/configs/ov
 The study is resumable: a finished run (its ``run.json`` says ``done``) of the same experiment, seed and fold
 (`crl_lightning.runs`) is reused; an interrupted run is resumed from its ``last.ckpt`` when it saved one, else
 redone from scratch. A run folder of another experiment is refused, naming the keys that changed
-(``data.init_args.batch_size: 128 -> 16``). Result files are written
+(``data.init_args.batch_size: 128 -> 16``). One command at a time uses a study folder: ``<out>/.crl.lock``
+(`crl_lightning.runs.folder_lock`) refuses a second one, naming the first. Result files are written
 atomically, so a half-written file is never read as a result. At the end it writes ``<out>/study.json``,
 ``<out>/study.md`` and ``<out>/curves.png`` and prints the tables:
 
