@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from crl_lightning.callbacks import CompactProgressBar, PredictionWriter
 from crl_lightning.classifier import ImageClassifier
 from crl_lightning.data.base import ImageDataModule
-from crl_lightning.runs import newest_last_checkpoint, run_dir
+from crl_lightning.runs import AtomicCheckpointIO, check_checkpoint, newest_last_checkpoint, run_dir
 from crl_lightning.wandb_naming import configure_wandb_loggers
 
 __all__ = [
@@ -33,6 +32,7 @@ __all__ = [
     "ConfigError",
     "build_cli",
     "check_checkpoint",
+    "check_config_files",
     "console_main",
     "main",
     "refuse_replaced_model_values",
@@ -60,8 +60,10 @@ class CRLCLI(LightningCLI):
     null) needs ``trainer.max_epochs`` (`ConfigError`, before anything is built); a model ``num_classes`` or
     ``in_chans`` that was set (not the default) and differs from the DataModule's is refused (`ConfigError`),
     where the link would silently replace it; so is a model value that was set and differs from the ``ckpt_path``'s
-    hyper-parameters, which LightningCLI would silently put in its place (`refuse_replaced_model_values`). The
-    progress bar shows only what the model puts on it
+    hyper-parameters, which LightningCLI would silently put in its place (`refuse_replaced_model_values`).
+    Checkpoints are written atomically in their folder by `crl_lightning.runs.AtomicCheckpointIO` (added to
+    ``trainer.plugins`` unless a ``CheckpointIO`` is configured), so a full disk keeps the earlier ones and ends
+    with one line. The progress bar shows only what the model puts on it
     (`CompactProgressBar`); fit and test end with one line naming the run folder and its files (`run_summary`),
     predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`).
     """
@@ -135,7 +137,7 @@ class CRLCLI(LightningCLI):
             callbacks.append(CompactProgressBar())
         if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in present):
             callbacks.append(PredictionWriter())
-        return super().instantiate_trainer(**kwargs, callbacks=callbacks)
+        return super().instantiate_trainer(**kwargs, callbacks=callbacks, plugins=_with_atomic_checkpoints(config))
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
@@ -151,6 +153,24 @@ class CRLCLI(LightningCLI):
             print(f"crl predict: wrote {writers[0].last_path}", flush=True)
         else:
             run_summary(self.trainer, "predict")
+
+
+def _with_atomic_checkpoints(config: dict[str, Any]) -> list[Any]:
+    """The trainer's ``plugins`` with an `AtomicCheckpointIO` added, unless the config chose a ``CheckpointIO``.
+
+    Nothing is added when ``trainer.plugins`` holds a ``CheckpointIO`` (e.g. ``AsyncCheckpointIO``), the strategy
+    object brings its own, or the run is on TPUs (XLA strategies need ``XLACheckpointIO``).
+    """
+    from lightning.pytorch.accelerators import XLAAccelerator
+    from lightning.pytorch.plugins.io import CheckpointIO
+
+    plugins = _as_list(config.get("plugins"))
+    strategy, accelerator = config.get("strategy"), config.get("accelerator")
+    xla = accelerator in ("tpu", "xla") or isinstance(accelerator, XLAAccelerator) \
+        or accelerator in (None, "auto") and XLAAccelerator.is_available()
+    if xla or any(isinstance(p, CheckpointIO) for p in plugins) or getattr(strategy, "_checkpoint_io", None):
+        return plugins
+    return [*plugins, AtomicCheckpointIO()]
 
 
 def _check_training_length(max_epochs: Any, max_steps: Any) -> None:
@@ -252,38 +272,6 @@ def refuse_replaced_model_values(given: dict[str, Any], loaded: dict[str, Any], 
                 f"{key}: expected the checkpoint's value {expected!r} ({ckpt_path}), got {got!r} (from the command "
                 "line or a config); the checkpoint holds that model's weights: give its value or leave the key out"
             )
-
-
-def check_checkpoint(path: str | Path) -> None:
-    """Refuse a missing, truncated or corrupt checkpoint file before Lightning unpickles it.
-
-    A checkpoint written by ``torch.save`` (Lightning's) is a zip archive with a CRC-32 checksum per record;
-    every record is read and checked (nothing is unpickled), so a file cut short by a full disk or a killed
-    copy, or with damaged bytes, is named here instead of failing deep inside ``torch.load``. A folder (a
-    sharded checkpoint, e.g. DeepSpeed's) is left to Lightning.
-
-    Args:
-        path: the checkpoint file or folder.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a complete zip archive, or a record fails its checksum; the message names
-            the file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path: expected a checkpoint file, got {path} (no such file)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ValueError(f"ckpt_path: expected a complete checkpoint (a torch.save zip archive), got {path}, "
-                         f"which is truncated or corrupt ({err})") from err
-    if bad is not None:
-        raise ValueError(f"ckpt_path: expected a complete checkpoint, got {path}, whose record {bad} fails its "
-                         "checksum (corrupt file)")
 
 
 def run_summary(trainer: L.Trainer, command: str) -> str | None:
@@ -426,20 +414,49 @@ def _new_cli(cli_class: type[CRLCLI], args: Sequence[str] | None, trainer_defaul
 def main(args: Sequence[str] | None = None) -> None:
     """``crl fit|validate|test|predict`` (LightningCLI) or one of `EXTRA_COMMANDS`; ``args`` default ``sys.argv[1:]``.
 
+    Every ``--config`` file is read as YAML first (`check_config_files`), for every command.
+
     Raises:
         FileNotFoundError: dataset files are missing (the message says where it looked and how to get them).
-        argparse.ArgumentError, ConfigError: see `build_cli`.
+        argparse.ArgumentError, ConfigError: see `build_cli` and `check_config_files`.
         SystemExit: bad arguments of an extra command, or after ``--help`` / ``--print_config``.
     """
     import importlib
     import sys
 
     argv = list(sys.argv[1:] if args is None else args)
+    check_config_files(argv)
     if argv and argv[0] in EXTRA_COMMANDS:
         module, func = EXTRA_COMMANDS[argv[0]].split(":")
         getattr(importlib.import_module(module), func)(argv[1:])
         return
     build_cli(args)  # None lets LightningCLI read sys.argv itself
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Refuse a ``--config FILE`` (or ``--config=FILE``) of ``argv`` that is not valid YAML, naming file and line.
+
+    jsonargparse would report the problem in ``"<unicode string>"``, without the file. A value that is not an
+    existing file (a YAML string given inline) is left to jsonargparse.
+
+    Raises:
+        ConfigError: ``FILE, line L: expected a YAML config, got a syntax error: <what YAML found>``.
+    """
+    import yaml
+
+    files = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"]
+    files += [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            continue
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else name
+            problem = " ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x)
+            raise ConfigError(f"{where}: expected a YAML config, got a syntax error: {problem or err}") from None
 
 
 def console_main() -> None:

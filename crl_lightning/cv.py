@@ -7,7 +7,8 @@ For each fold k the command runs ``crl fit --config ... --data.fold k --test_aft
 weights (a new model per fold, seeded by the config's ``seed_everything``), in ``<root>/fold_<k>``, which tests
 the best checkpoint (the last weights when none was saved) on fold k. It is a study over folds: the same run
 loop as ``crl study`` (`crl_lightning.study.run_one`), so a finished fold is reused, an interrupted one resumed,
-and a fold folder of another experiment refused. It prints, and writes to ``--output``
+and a fold folder of another experiment refused; ``<root>/.crl.lock`` (`crl_lightning.runs.folder_lock`) keeps a
+second command out of the folder while one runs. It prints, and writes to ``--output``
 (default ``<root>/cv_results.md``), a markdown table with per-fold and mean +- std (sample standard
 deviation over folds) of the exact accuracy (``100 - test_top1_err``) and the one-off accuracy (the
 predicted age group within one of the true group; Levi & Hassner 2015, paper Table IV), in percent.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from crl_lightning.runs import read_record, write_text_atomic
+from crl_lightning.runs import folder_lock, read_record, write_text_atomic
 from crl_lightning.statistics import mean_std_text
 
 __all__ = ["FoldResult", "fold_args", "format_table", "main", "run_cv"]
@@ -160,7 +161,8 @@ def main(args: Sequence[str] | None = None) -> None:
         parser.error(str(err))
     root_dir = Path(opts.root_dir or _config_value(opts.config, "trainer", "default_root_dir") or "runs/cv")
     base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
-    results = run_cv(base_args, opts.folds, root_dir)
+    with folder_lock(root_dir, "crl cv"):  # one command at a time on a cv folder
+        results = run_cv(base_args, opts.folds, root_dir)
     table = format_table(results, title=f"Cross-validation: {', '.join(opts.config)}")
     print(table)
     output = write_text_atomic(Path(opts.output) if opts.output else root_dir / "cv_results.md", table)

@@ -7,12 +7,15 @@ on headless machines and inside notebooks alike.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from crl_lightning.runs.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -266,11 +269,10 @@ def learning_curves(
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG (creating parent folders) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    """Write ``fig`` as a PNG, atomically (`crl_lightning.runs.write_bytes_atomic`), and return the path."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return write_bytes_atomic(path, buffer.getbuffer())
 
 
 def save_test_figures(

@@ -14,7 +14,8 @@ YAML overlay that sets ``model.init_args.criterion`` (e.g. ``examples/configs/ov
 The study is resumable: a finished run (its ``run.json`` says ``done``) of the same experiment, seed and fold
 (`crl_lightning.runs`) is reused; an interrupted run is resumed from its ``last.ckpt`` when it saved one, else
 redone from scratch. A run folder of another experiment is refused, naming the keys that changed
-(``data.init_args.batch_size: 128 -> 16``). Result files are written
+(``data.init_args.batch_size: 128 -> 16``). One command at a time uses a study folder: ``<out>/.crl.lock``
+(`crl_lightning.runs.folder_lock`) refuses a second one, naming the first. Result files are written
 atomically, so a half-written file is never read as a result. At the end it writes ``<out>/study.json``,
 ``<out>/study.md`` and ``<out>/curves.png`` and prints the tables:
 
@@ -49,6 +50,7 @@ from crl_lightning.runs import (
     config_changes,
     experiment_id,
     experiment_settings,
+    folder_lock,
     newest_last_checkpoint,
     read_history,
     read_json,
@@ -430,7 +432,8 @@ def main(args: Sequence[str] | None = None) -> None:
         parser.error(str(err))
     base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
     out = Path(opts.out)
-    study = run_study(base_args, opts.criteria, seeds, out)
+    with folder_lock(out, "crl study"):  # one command at a time on a study folder
+        study = run_study(base_args, opts.criteria, seeds, out)
     curves = save_curves(study, out / "curves.png")
     study["files"] = {"study_md": "study.md", "curves": curves.name if curves else None}
     write_json(out / "study.json", study)

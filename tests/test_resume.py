@@ -111,7 +111,7 @@ def test_newest_last_checkpoint_is_the_latest_over_all_run_folders(tmp_path):
     files = [tmp_path / "lightning_logs" / f"version_{v}" / "checkpoints" / "last.ckpt" for v in range(3)]
     for k, path in enumerate(files):
         path.parent.mkdir(parents=True)
-        path.write_bytes(b"")
+        torch.save({"global_step": k}, path)  # complete checkpoints (an incomplete one is skipped)
         os.utime(path, (1000 + k, [1000, 3000, 2000][k]))
     (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "epoch=9-step=90.ckpt").write_bytes(b"")
     assert newest_last_checkpoint(tmp_path) == files[1]

@@ -15,19 +15,28 @@ experiment, seed and fold (`rerun_key`), of which a table counts only the newest
 The files of a run folder (`run_dir`): ``test_metrics.json`` (`METRICS_FILENAME`, written by
 `crl_lightning.callbacks.TestReport`; format `METRICS_FORMAT`), ``history.csv`` (`HISTORY_FILENAME`) and, for
 ``crl predict``, ``predictions.csv`` (`PREDICTIONS_FILENAME`). Every file is written atomically
-(`write_text_atomic`), so a crash or a kill never leaves a half-written one, and read back by `read_record` and
-`read_history`.
+(`write_bytes_atomic`: a temporary file in the destination folder, ``fsync``, ``os.replace``), so a crash, a kill
+or a full disk never leaves a half-written one (a full disk or quota ends the command with one `DiskFullError`
+line naming the folder, the space free and the bytes needed), and read back by `read_record` and
+`read_history`. Checkpoints are written the same way by `AtomicCheckpointIO`, the Lightning plugin that ``crl``
+installs, and `newest_last_checkpoint` (``--ckpt_path last``) skips a checkpoint that is not complete. A
+``crl study`` or ``crl cv`` folder is used by one command at a time (`folder_lock`, ``<folder>/.crl.lock``).
 """
 
+from crl_lightning.runs.checkpoint_io import AtomicCheckpointIO
 from crl_lightning.runs.files import (
     HISTORY_FILENAME,
     METRICS_FILENAME,
     PREDICTIONS_FILENAME,
+    TEMP_SUFFIX,
+    DiskFullError,
     RecordError,
+    check_checkpoint,
     newest_last_checkpoint,
     read_history,
     read_json,
     utc_now,
+    write_bytes_atomic,
     write_json,
     write_text_atomic,
 )
@@ -51,15 +60,22 @@ from crl_lightning.runs.identity import (
     run_identity,
     same_experiment,
 )
+from crl_lightning.runs.lock import LOCK_FILENAME, FolderLockedError, folder_lock
 
 __all__ = [
     "CHECKPOINT_KEY",
     "HISTORY_FILENAME",
+    "LOCK_FILENAME",
     "METRICS_FILENAME",
     "METRICS_FORMAT",
     "NOT_IDENTIFYING",
     "PREDICTIONS_FILENAME",
+    "TEMP_SUFFIX",
+    "AtomicCheckpointIO",
+    "DiskFullError",
+    "FolderLockedError",
     "RecordError",
+    "check_checkpoint",
     "checkpoint_run",
     "config_changes",
     "criterion_info",
@@ -69,6 +85,7 @@ __all__ = [
     "experiment_settings",
     "first_loader",
     "flatten_config",
+    "folder_lock",
     "newest_last_checkpoint",
     "read_history",
     "read_json",
@@ -79,6 +96,7 @@ __all__ = [
     "run_identity",
     "same_experiment",
     "utc_now",
+    "write_bytes_atomic",
     "write_json",
     "write_text_atomic",
 ]

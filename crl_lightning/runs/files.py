@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import datetime
+import errno
 import json
+import logging
 import math
 import os
+import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,11 +20,15 @@ __all__ = [
     "HISTORY_FILENAME",
     "METRICS_FILENAME",
     "PREDICTIONS_FILENAME",
+    "TEMP_SUFFIX",
+    "DiskFullError",
     "RecordError",
+    "check_checkpoint",
     "newest_last_checkpoint",
     "read_history",
     "read_json",
     "utc_now",
+    "write_bytes_atomic",
     "write_json",
     "write_text_atomic",
 ]
@@ -31,44 +39,106 @@ METRICS_FILENAME = "test_metrics.json"
 HISTORY_FILENAME = "history.csv"
 #: Name of the file that `PredictionWriter` writes (``crl predict``).
 PREDICTIONS_FILENAME = "predictions.csv"
+#: Suffix of the temporary files of `write_bytes_atomic` (``.<name>.<random>.tmp``, removed on failure).
+TEMP_SUFFIX = ".tmp"
+#: The ``errno`` values of a full disk or an exceeded quota (`DiskFullError`).
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_log = logging.getLogger(__name__)
 
 
 class RecordError(ValueError):
     """A run-record file that cannot be used; the message names the file and what was expected."""
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and a rename.
+class DiskFullError(OSError):
+    """A file write that ran out of disk space or quota (``ENOSPC``, ``EDQUOT``).
 
-    Readers see either the old file (or none) or the complete new one, never a partial write: the
-    rename is atomic on POSIX and Windows file systems. Parent folders are created.
+    Its message is one line naming the file's folder, the space free there and the bytes the write needed
+    (``no space left on device to write last.ckpt in runs/x/checkpoints: 1.2 MB free, 2.3 MB needed; ...``).
+    The file's previous version (or the earlier checkpoints) is untouched.
+
+    Attributes:
+        path: the file that could not be written.
+        needed: the bytes the write needed.
+        free: the bytes free in its folder's file system (``shutil.disk_usage``) after the failed write;
+            ``None`` when that could not be read. A quota can end a write with space free on the disk.
+    """
+
+    def __init__(self, path: Path, needed: int, cause: OSError) -> None:
+        try:
+            free: int | None = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        reason = "quota exceeded" if cause.errno == getattr(errno, "EDQUOT", None) else "no space left on device"
+        message = (f"{reason} to write {path.name} in {path.parent}: {_size(free)} free, {_size(needed)} needed; "
+                   "the earlier files are kept: free some space (or write elsewhere) and run the command again "
+                   "(crl fit resumes with --ckpt_path last)")
+        super().__init__(cause.errno, message, str(path))
+        self.path, self.needed, self.free = path, needed, free
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _size(n: int | None) -> str:
+    """``n`` bytes as ``'1.2 MB'`` (decimal units), ``'unknown'`` for ``None``."""
+    if n is None:
+        return "unknown"
+    if n < 1000:
+        return f"{n} bytes"
+    size, unit = n / 1000, "kB"
+    for bigger in ("MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, bigger
+    return f"{size:.1f} {unit}"
+
+
+def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, ``fsync`` and ``os.replace``.
+
+    Readers see either the old file (or none) or the complete new one, never a partial write: the temporary
+    file (``.<name>.<random>.tmp``) is on the destination's own file system, so the rename is atomic (on POSIX
+    and Windows), and a crash, a kill or a full disk at any moment leaves the old file as it was. Parent
+    folders are created.
 
     Args:
         path: the file to (over)write.
-        text: its new content.
+        data: its new content.
 
     Returns:
         ``path`` as a `Path`.
 
     Raises:
+        DiskFullError: the disk or the quota ran out (``ENOSPC``, ``EDQUOT``); the temporary file is removed.
         OSError: the folder cannot be created or written (the temporary file is removed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            raise DiskFullError(path, len(data), err) from err
         raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically (`write_bytes_atomic`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -120,18 +190,60 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse a missing, truncated or corrupt checkpoint file before Lightning unpickles it.
+
+    A checkpoint written by ``torch.save`` (Lightning's) is a zip archive with a CRC-32 checksum per record;
+    every record is read and checked (nothing is unpickled), so a file cut short by a full disk or a killed
+    copy, or with damaged bytes, is named here instead of failing deep inside ``torch.load``. A folder (a
+    sharded checkpoint, e.g. DeepSpeed's) is left to Lightning.
+
+    Args:
+        path: the checkpoint file or folder.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a complete zip archive, or a record fails its checksum; the message names
+            the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path: expected a checkpoint file, got {path} (no such file)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"ckpt_path: expected a complete checkpoint (a torch.save zip archive), got {path}, "
+                         f"which is truncated or corrupt ({err})") from err
+    if bad is not None:
+        raise ValueError(f"ckpt_path: expected a complete checkpoint, got {path}, whose record {bad} fails its "
+                         "checksum (corrupt file)")
+
+
 def newest_last_checkpoint(root: str | Path) -> Path | None:
-    """The most recently modified ``last.ckpt`` anywhere under ``root``, or ``None`` when there is none.
+    """The most recently modified complete ``last.ckpt`` anywhere under ``root``, or ``None`` when there is none.
 
     ``ModelCheckpoint(save_last=True)`` (every example config) writes ``last.ckpt`` at the end of every epoch
     into the run's ``checkpoints/`` folder, and each run gets a new folder (``lightning_logs/version_N``,
-    a W&B run id): this finds the latest one over all of them.
+    a W&B run id): this finds the latest one over all of them. A file that is not a complete checkpoint
+    (`check_checkpoint`: cut short by a full disk or a copy killed under an older version) is skipped with a
+    warning naming it, so a resume starts from the newest intact one.
 
     Args:
         root: the folder searched recursively, e.g. ``trainer.default_root_dir``.
 
     Returns:
-        The path, or ``None`` when ``root`` holds no ``last.ckpt`` (or does not exist).
+        The path, or ``None`` when ``root`` holds no complete ``last.ckpt`` (or does not exist).
     """
     root = Path(root)
-    return max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, default=None) if root.is_dir() else None
+    found = sorted(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    for path in found:
+        try:
+            check_checkpoint(path)
+        except (ValueError, FileNotFoundError) as err:
+            _log.warning("crl: skipping %s: %s", path, err)
+            continue
+        return path
+    return None
