@@ -62,8 +62,11 @@ def test_the_interrupted_line_says_how_to_resume():
 
 def _crl(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "CRL_TRACEBACK"} | {"OMP_NUM_THREADS": "1"}
+    # SIGINT back to its default: a shell's background job (nohup ... &, some CI runners) inherits it ignored,
+    # and a child whose SIGINT is ignored never sees the Ctrl-C this test sends
     return subprocess.Popen([sys.executable, "-m", "crl_lightning", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.slow
@@ -91,11 +94,15 @@ def test_ctrl_c_ends_with_one_line_whose_command_resumes_quietly(tmp_path):
 
 @pytest.mark.usefixtures("plain_argv")
 def test_a_wandb_run_prints_no_anonymous_notice(tmp_path, monkeypatch, capfd):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "disabled")  # wandb.init runs, offline, writing nothing
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    main(["fit", "--config", DIGITS, "--config", WANDB, "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
-          "--test_after_fit", "false", "--trainer.enable_progress_bar", "false"])
+    try:
+        main(["fit", "--config", DIGITS, "--config", WANDB, "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+              "--test_after_fit", "false", "--trainer.enable_progress_bar", "false"])
+    finally:  # a disabled run left open would make the next test's wandb.init a no-op run too
+        wandb.finish()
+        wandb.teardown()
     err = capfd.readouterr().err
     assert "anonymous" not in err
