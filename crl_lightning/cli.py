@@ -36,6 +36,7 @@ __all__ = [
     "console_main",
     "main",
     "refuse_replaced_model_values",
+    "remove_config_only_run_dir",
     "resolve_ckpt_path",
     "resolve_config",
     "run_summary",
@@ -63,7 +64,8 @@ class CRLCLI(LightningCLI):
     hyper-parameters, which LightningCLI would silently put in its place (`refuse_replaced_model_values`). The
     progress bar shows only what the model puts on it
     (`CompactProgressBar`); fit and test end with one line naming the run folder and its files (`run_summary`),
-    predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`).
+    predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`); a predict that fails leaves
+    no run folder holding only its config (`remove_config_only_run_dir`).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -137,6 +139,15 @@ class CRLCLI(LightningCLI):
             callbacks.append(PredictionWriter())
         return super().instantiate_trainer(**kwargs, callbacks=callbacks)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run ``subcommand``; a predict that fails removes its run folder when that holds only the config."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if subcommand == "predict":
+                remove_config_only_run_dir(run_dir(self.trainer))
+            raise
+
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=weights_to_test(self.trainer))
@@ -151,6 +162,24 @@ class CRLCLI(LightningCLI):
             print(f"crl predict: wrote {writers[0].last_path}", flush=True)
         else:
             run_summary(self.trainer, "predict")
+
+
+#: What a run folder holds before anything ran: the config (`SaveConfigCallback`) and the logger's hparams.
+_CONFIG_FILES = frozenset({"config.yaml", "hparams.yaml"})
+
+
+def remove_config_only_run_dir(folder: Path) -> bool:
+    """Remove ``folder`` when it holds nothing but `_CONFIG_FILES` (a run that failed before writing results).
+
+    Returns:
+        True when it was removed; False when it does not exist or holds anything else.
+    """
+    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= _CONFIG_FILES:
+        return False
+    for name in _CONFIG_FILES:
+        (folder / name).unlink(missing_ok=True)
+    folder.rmdir()
+    return True
 
 
 def _check_training_length(max_epochs: Any, max_steps: Any) -> None:

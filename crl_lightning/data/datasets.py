@@ -14,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
 
 __all__ = [
     "BadImagePolicy",
@@ -27,6 +28,7 @@ __all__ = [
     "collate_batched",
     "dataset_targets",
     "explain_download_failure",
+    "inspect_images",
     "is_image_file",
     "list_image_files",
     "load_rgb_image",
@@ -252,6 +254,41 @@ def list_image_files(folder: str | Path) -> list[Path]:
     return paths
 
 
+def inspect_images(
+    paths: Sequence[Path], bad_images: BadImagePolicy = "raise"
+) -> tuple[list[Path], list[str], list[tuple[int, int]]]:
+    """The readable files of ``paths``, each decoded once completely, with its PIL mode and (H, W) size.
+
+    Args:
+        paths: image files.
+        bad_images: ``"raise"`` `CorruptImageError` on an undecodable file, or ``"skip"`` it (logged, left out).
+
+    Returns:
+        ``(readable, modes, sizes)``: the readable files in order, their modes as stored (``"L"``, ``"RGB"``,
+        ``"P"``, ...) and their (H, W) sizes.
+
+    Raises:
+        CorruptImageError: an undecodable file under ``bad_images="raise"``; the message names it.
+    """
+    readable: list[Path] = []
+    modes: list[str] = []
+    sizes: list[tuple[int, int]] = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                mode, (width, height) = image.mode, image.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            if bad_images == "raise":
+                load_rgb_image(path)  # raises CorruptImageError with the message of every unreadable file
+            log.warning("skipped unreadable image %s (%s: %s; bad_images='skip')", path, type(err).__name__, err)
+            continue
+        readable.append(path)
+        modes.append(mode)
+        sizes.append((height, width))
+    return readable, modes, sizes
+
+
 class UnlabelledImageDataset(ImageFileDataset):
     """Image files without classes: ``dataset[i]`` is ``(image, -1)``, a PIL image in mode `mode`.
 
@@ -259,20 +296,26 @@ class UnlabelledImageDataset(ImageFileDataset):
         paths: one image file per sample.
         mode: PIL mode the images are converted to: ``"RGB"``, or ``"L"`` for one-channel models.
         bad_images: ``"raise"`` or ``"skip"`` undecodable files (see `ImageFileDataset`).
+        size: (H, W) the images of another size are resized to (torchvision v2, bilinear, antialiased);
+            ``None`` keeps every size.
 
     Raises:
         ValueError: a mode other than ``"RGB"`` and ``"L"``, or an unknown ``bad_images``.
     """
 
-    def __init__(self, paths: Sequence[str | Path], mode: str = "RGB", bad_images: BadImagePolicy = "raise") -> None:
+    def __init__(self, paths: Sequence[str | Path], mode: str = "RGB", bad_images: BadImagePolicy = "raise",
+                 size: tuple[int, int] | None = None) -> None:
         if mode not in ("RGB", "L"):
             raise ValueError(f"mode: expected 'RGB' or 'L', got {mode!r}")
         super().__init__(paths, [-1] * len(paths), bad_images)
-        self.mode = mode
+        self.mode, self.size = mode, size
 
     def load_image(self, index: int) -> Image.Image:
-        """The image of sample ``index`` in `mode` (see `load_rgb_image` for the errors)."""
-        return super().load_image(index).convert(self.mode)
+        """The image of sample ``index`` in `mode` and `size` (see `load_rgb_image` for the errors)."""
+        image = super().load_image(index).convert(self.mode)
+        if self.size is not None and (image.height, image.width) != self.size:
+            image = v2.functional.resize(image, list(self.size))
+        return image
 
 
 class TensorImageDataset(Dataset):
