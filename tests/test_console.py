@@ -155,7 +155,7 @@ def test_predict_on_a_folder_of_unlabelled_images(demo, tmp_path):
         top = torch.softmax(model(images), dim=1).topk(5, dim=1)
     for row, classes, probs in zip(rows, top.indices.tolist(), top.values.tolist(), strict=True):
         assert [int(row[f"top{i}_class"]) for i in range(1, 6)] == classes
-        np.testing.assert_allclose([float(row[f"top{i}_prob"]) for i in range(1, 6)], probs, rtol=1e-5)
+        np.testing.assert_allclose([float(row[f"top{i}_prob"]) for i in range(1, 6)], probs, rtol=0, atol=5e-7)
 
 
 def test_predict_dir_batches_equal_the_test_split_on_the_device_too(tmp_path):
