@@ -11,6 +11,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
@@ -311,13 +312,14 @@ class ImageFolderDataModule(ImageDataModule):
         """Say when validation is the test split, refusing a monitored checkpoint on it; warn on small classes.
 
         Raises:
-            ValueError: validation is the test split and the trainer has a ``ModelCheckpoint`` with a ``monitor``
-                (it would pick the epoch on the test images).
+            ValueError: validation is the test split and the fitting trainer has a ``ModelCheckpoint`` with a
+                ``monitor`` (it would pick the epoch on the test images).
         """
         if not self.has_val_split and self.val_split == 0:
             log.info("%s: no %s folder and val_split 0: validation runs on the test split (%d images)",
                      type(self).__name__, self.data_dir / "val", len(dataset))
-            callbacks = self.trainer.callbacks if self.trainer is not None else []
+            trainer = self.trainer
+            callbacks = trainer.callbacks if trainer is not None and trainer.state.fn == TrainerFn.FITTING else []
             monitored = [cb.monitor for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
             if monitored:
                 raise ValueError(
