@@ -143,11 +143,20 @@ def load_rgb_image(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image file not found: {path}") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise CorruptImageError(
-            f"cannot decode image {path} ({type(err).__name__}: {err}); the file is truncated or corrupt: "
-            "replace it, or pass bad_images='skip' (--data.bad_images skip) to skip and count such files"
-        ) from err
+    except _DECODE_ERRORS as err:
+        raise _corrupt(path, err) from err
+
+
+#: What PIL raises on a file it cannot decode.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _corrupt(path: str | Path, err: Exception) -> CorruptImageError:
+    """The `CorruptImageError` of an undecodable ``path``: names the file, the cause and what to do."""
+    return CorruptImageError(
+        f"cannot decode image {path} ({type(err).__name__}: {err}); the file is truncated or corrupt: "
+        "replace it, or pass bad_images='skip' (--data.bad_images skip) to skip and count such files"
+    )
 
 
 def collate_batched(batch: Any) -> Any:
@@ -278,9 +287,9 @@ def inspect_images(
             with Image.open(path) as image:
                 image.load()
                 mode, (width, height) = image.mode, image.size
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except _DECODE_ERRORS as err:
             if bad_images == "raise":
-                load_rgb_image(path)  # raises CorruptImageError with the message of every unreadable file
+                raise _corrupt(path, err) from err
             log.warning("skipped unreadable image %s (%s: %s; bad_images='skip')", path, type(err).__name__, err)
             continue
         readable.append(path)
