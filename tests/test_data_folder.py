@@ -215,8 +215,10 @@ def test_validation_on_the_test_split_is_logged_and_refuses_a_monitored_checkpoi
     trainer = L.Trainer(callbacks=[ModelCheckpoint(monitor="val_top1_err")], logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     dm = ImageFolderDataModule(tmp_path, mean=[0.5] * 3, std=[0.25] * 3)
-    dm.trainer = trainer
-    dm.setup("fit")  # not fitting (e.g. crl predict of a run that has the callback): nothing to refuse
+    dm.trainer, trainer.state.fn = trainer, TrainerFn.PREDICTING
+    caplog.clear()
+    dm.setup("fit")  # predicting (e.g. a run that has the callback): no validation, nothing to say or refuse
+    assert [r for r in caplog.records if "validation runs on the test split" in r.getMessage()] == []
     trainer.state.fn = TrainerFn.FITTING
     dm = ImageFolderDataModule(tmp_path, mean=[0.5] * 3, std=[0.25] * 3)
     dm.trainer = trainer

@@ -309,17 +309,21 @@ class ImageFolderDataModule(ImageDataModule):
         return view
 
     def _check_val(self, dataset: ImageFileDataset, indices: Sequence[int] | None) -> None:
-        """Say when validation is the test split, refusing a monitored checkpoint on it; warn on small classes.
+        """Log that validation is the test split, refuse a monitored checkpoint on it; warn on small classes.
+
+        The line is left out when testing or predicting (no validation runs), the refusal applies when fitting.
 
         Raises:
             ValueError: validation is the test split and the fitting trainer has a ``ModelCheckpoint`` with a
                 ``monitor`` (it would pick the epoch on the test images).
         """
         if not self.has_val_split and self.val_split == 0:
-            log.info("%s: no %s folder and val_split 0: validation runs on the test split (%d images)",
-                     type(self).__name__, self.data_dir / "val", len(dataset))
             trainer = self.trainer
-            callbacks = trainer.callbacks if trainer is not None and trainer.state.fn == TrainerFn.FITTING else []
+            stage = None if trainer is None else trainer.state.fn
+            if stage in (None, TrainerFn.FITTING, TrainerFn.VALIDATING):  # not for test/predict: no validation runs
+                log.info("%s: no %s folder and val_split 0: validation runs on the test split (%d images)",
+                         type(self).__name__, self.data_dir / "val", len(dataset))
+            callbacks = trainer.callbacks if trainer is not None and stage == TrainerFn.FITTING else []
             monitored = [cb.monitor for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
             if monitored:
                 raise ValueError(
