@@ -28,7 +28,13 @@ from crl_lightning.config_checks import (
     refuse_replaced_model_values,
 )
 from crl_lightning.data.base import ImageDataModule
-from crl_lightning.runs import AtomicCheckpointIO, check_checkpoint, newest_last_checkpoint, run_dir
+from crl_lightning.runs import (
+    AtomicCheckpointIO,
+    check_checkpoint,
+    newest_last_checkpoint,
+    remove_config_only_run_dir,
+    run_dir,
+)
 from crl_lightning.wandb_naming import configure_wandb_loggers
 
 __all__ = [
@@ -67,7 +73,8 @@ class CRLCLI(LightningCLI):
     ``trainer.plugins`` unless a ``CheckpointIO`` is configured), so a full disk keeps the earlier ones and ends
     with one line. The progress bar shows only what the model puts on it
     (`CompactProgressBar`); fit and test end with one line naming the run folder and its files (`run_summary`),
-    predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`).
+    predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`); a predict that fails leaves
+    no run folder holding only its config (`remove_config_only_run_dir`).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -140,6 +147,15 @@ class CRLCLI(LightningCLI):
         if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in present):
             callbacks.append(PredictionWriter())
         return super().instantiate_trainer(**kwargs, callbacks=callbacks, plugins=_with_atomic_checkpoints(config))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run ``subcommand``; a predict that fails removes its run folder when that holds only the config."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if subcommand == "predict":
+                remove_config_only_run_dir(run_dir(self.trainer))
+            raise
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

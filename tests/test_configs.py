@@ -125,6 +125,7 @@ SCHEDULES = {
 STUDY_SCHEDULES = {
     "cifar10_jpeg_cpu.yaml": (12, [6, 9], 128),
     "cifar10_jpeg_gpu.yaml": (8, [4, 6], 256),
+    "image_folder_cpu.yaml": (16, [8, 12], 64),
 }
 #: Overrides that let a GPU config run its fast_dev_run on this CPU-only test machine.
 CPU_OVERRIDES = {

@@ -110,13 +110,13 @@ def test_predict_writes_every_class_probability_of_the_360_test_digits(demo, tmp
     path = tmp_path / "lightning_logs" / "version_0" / PREDICTIONS_FILENAME
     assert capsys.readouterr().out.splitlines()[-1] == f"crl predict: wrote {path}"
     header, rows = read_predictions(path)
-    assert header[:4] == ["index", "path", "predicted", "predicted_name"] and header[-1] == "top10_prob"
+    assert header[:5] == ["index", "path", "target", "target_name", "top1_class"] and header[-1] == "top10_prob"
     assert len(rows) == 360 and [int(r["index"]) for r in rows] == list(range(360))
     for row in rows:
         probs = [float(row[f"top{i}_prob"]) for i in range(1, 11)]
         assert sum(probs) == pytest.approx(1.0, abs=1e-4) and probs == sorted(probs, reverse=True)
         assert sorted(row[f"top{i}_class"] for i in range(1, 11)) == [str(d) for d in range(10)]
-        assert row["predicted"] == row["top1_class"] == row["predicted_name"] and row["path"] == ""
+        assert row["top1_class"] == row["top1_name"] and row["path"] == ""
     # the predicted classes are those of the checkpoint's weights, recounted here
     from crl_lightning import ImageClassifier
 
@@ -125,7 +125,7 @@ def test_predict_writes_every_class_probability_of_the_360_test_digits(demo, tmp
     data.setup("test")
     with torch.no_grad():
         predicted = torch.cat([model(images).argmax(1) for images, _ in data.test_dataloader()])
-    assert [int(r["predicted"]) for r in rows] == predicted.tolist()
+    assert [int(r["top1_class"]) for r in rows] == predicted.tolist()
 
 
 @pytest.mark.usefixtures("plain_argv")
@@ -155,7 +155,7 @@ def test_predict_on_a_folder_of_unlabelled_images(demo, tmp_path):
         top = torch.softmax(model(images), dim=1).topk(5, dim=1)
     for row, classes, probs in zip(rows, top.indices.tolist(), top.values.tolist(), strict=True):
         assert [int(row[f"top{i}_class"]) for i in range(1, 6)] == classes
-        np.testing.assert_allclose([float(row[f"top{i}_prob"]) for i in range(1, 6)], probs, rtol=1e-5)
+        np.testing.assert_allclose([float(row[f"top{i}_prob"]) for i in range(1, 6)], probs, rtol=0, atol=5e-7)
 
 
 def test_predict_dir_batches_equal_the_test_split_on_the_device_too(tmp_path):

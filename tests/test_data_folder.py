@@ -198,3 +198,57 @@ def test_bad_images_follow_the_policy(tmp_path, in_memory):
     batch = next(iter(lenient.train_dataloader()))
     assert batch[0].shape[0] == 8  # 9 files, 1 unreadable
     assert lenient.num_skipped_images() == 1
+
+
+def test_validation_on_the_test_split_is_logged_and_refuses_a_monitored_checkpoint(tmp_path, caplog):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    write_image_folder(tmp_path, {"train": 4, "test": 2})
+    caplog.set_level("INFO", logger="crl_lightning")
+    dm = ImageFolderDataModule(tmp_path, mean=[0.5] * 3, std=[0.25] * 3)
+    dm.setup("fit")
+    assert [r.getMessage() for r in caplog.records if "validation runs on the test split" in r.getMessage()] == [
+        f"ImageFolderDataModule: no {tmp_path / 'val'} folder and val_split 0: validation runs on the test split "
+        "(6 images)"]
+    trainer = L.Trainer(callbacks=[ModelCheckpoint(monitor="val_top1_err")], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    dm = ImageFolderDataModule(tmp_path, mean=[0.5] * 3, std=[0.25] * 3)
+    dm.trainer, trainer.state.fn = trainer, TrainerFn.PREDICTING
+    caplog.clear()
+    dm.setup("fit")  # predicting (e.g. a run that has the callback): no validation, nothing to say or refuse
+    assert [r for r in caplog.records if "validation runs on the test split" in r.getMessage()] == []
+    trainer.state.fn = TrainerFn.FITTING
+    dm = ImageFolderDataModule(tmp_path, mean=[0.5] * 3, std=[0.25] * 3)
+    dm.trainer = trainer
+    with pytest.raises(ValueError, match=r"^trainer.callbacks ModelCheckpoint.monitor: .*'val_top1_err'.*val_split"):
+        dm.setup("fit")
+    dm = ImageFolderDataModule(tmp_path, mean=[0.5] * 3, std=[0.25] * 3, val_split=0.5)
+    dm.trainer = trainer
+    with pytest.warns(UserWarning, match="fewer than 10"):
+        dm.setup("fit")  # a held-out split of its own: the monitor is fine
+    assert len(dm.datasets["val"]) == 6
+
+
+def test_a_val_split_leaving_fewer_than_10_images_of_a_class_warns_naming_it(tmp_path, recwarn):
+    write_image_folder(tmp_path, {"train": 20, "test": 2})
+    with pytest.warns(UserWarning, match=r"val_split: 0.25 leaves fewer than 10 validation images in 3 classes, "
+                                         rf"e\.g\. {tmp_path / 'train' / 'Zebra'} \(5\)"):
+        ImageFolderDataModule(tmp_path, mean=[0.5] * 3, std=[0.25] * 3, val_split=0.25).setup("fit")
+    recwarn.clear()
+    ImageFolderDataModule(tmp_path, mean=[0.5] * 3, std=[0.25] * 3, val_split=0.5).setup("fit")  # 10 per class
+    assert [w for w in recwarn if "fewer than 10" in str(w.message)] == []
+
+
+@pytest.mark.usefixtures("plain_argv")
+def test_crl_fit_refuses_a_monitored_checkpoint_on_the_test_split(tmp_path):
+    from crl_lightning.cli import build_cli
+
+    write_image_folder(tmp_path / "data", {"train": 4, "test": 2})
+    config = Path(__file__).resolve().parents[1] / "examples" / "configs" / "image_folder_cpu.yaml"
+    with pytest.raises(ValueError, match=r"^trainer.callbacks ModelCheckpoint.monitor: .*'val_loss'"):
+        build_cli(["fit", "--config", str(config), "--data.init_args.data_dir", str(tmp_path / "data"),
+                   "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+                   "--trainer.max_epochs", "1", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                   "--trainer.callbacks.monitor", "val_loss"])

@@ -26,15 +26,25 @@ def _sample_path(dataset: Any, index: int) -> str:
     return str(paths[index]) if paths is not None else ""
 
 
+def _batch_targets(batch: Any, n: int) -> list[int]:
+    """The ``n`` integer targets of an ``(images, target, ...)`` batch; -1 for each when it has none."""
+    target = batch[1] if isinstance(batch, list | tuple) and len(batch) > 1 else None
+    if not isinstance(target, Tensor) or target.shape != (n,) or target.is_floating_point():
+        return [-1] * n
+    return target.tolist()
+
+
 class PredictionWriter(BasePredictionWriter):
     """Write ``predictions.csv`` (`PREDICTIONS_FILENAME`) into `run_dir` after ``trainer.predict``.
 
     One row per sample of the first predict dataloader, in sample order. Columns: ``index`` (the sample's
     position in the predicted dataset), ``path`` (its image file; empty when the dataset keeps none, e.g. the
-    in-memory digits), ``predicted`` (class index) and ``predicted_name``, then for i = 1..k ``top{i}_class``,
-    ``top{i}_name`` and ``top{i}_prob`` (softmax probability) of the k most probable classes, most probable
-    first. Class names come from the DataModule's ``classes`` (else the index). It reads what ``predict_step``
-    returns, (N, C) probabilities (`crl_lightning.ImageClassifier.predict_step`: softmax, float32).
+    in-memory digits), ``target`` and ``target_name`` (the true class of a labelled split, from the batch's
+    ``(images, target)``; both empty for unlabelled images, whose target is -1), then for i = 1..k
+    ``top{i}_class``, ``top{i}_name`` and ``top{i}_prob`` (softmax probability, 6 decimals) of the k most
+    probable classes, most probable first: ``top1_class`` is the prediction. Class names come from the
+    DataModule's ``classes`` (else the index). It reads what ``predict_step`` returns, (N, C) probabilities
+    (`crl_lightning.ImageClassifier.predict_step`: softmax, float32).
 
     ``crl predict`` adds this callback unless the trainer has a prediction writer; add it to the trainer
     yourself to change its options (``--trainer.callbacks+=crl_lightning.callbacks.PredictionWriter
@@ -58,7 +68,8 @@ class PredictionWriter(BasePredictionWriter):
         self.dirpath = None if dirpath is None else Path(dirpath)
         #: Path of the file last written (``None`` before the first prediction).
         self.last_path: Path | None = None
-        self._rows: list[tuple[int, list[int], list[float]]] = []  # (index, top-k classes, top-k probabilities)
+        #: (index, target or -1, top-k classes, top-k probabilities) of every sample predicted so far
+        self._rows: list[tuple[int, int, list[int], list[float]]] = []
         self._num_classes = 0
 
     @override
@@ -81,7 +92,7 @@ class PredictionWriter(BasePredictionWriter):
         values, classes = probs.topk(k, dim=1)
         start = len(self._rows)
         indices = list(batch_indices) if batch_indices else range(start, start + len(probs))
-        self._rows += zip(indices, classes.tolist(), values.tolist(), strict=True)
+        self._rows += zip(indices, _batch_targets(batch, len(probs)), classes.tolist(), values.tolist(), strict=True)
 
     @override
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -90,15 +101,16 @@ class PredictionWriter(BasePredictionWriter):
         names = class_names(trainer, self._num_classes) or [str(c) for c in range(self._num_classes)]
         loader = trainer.predict_dataloaders
         dataset = getattr(loader[0] if isinstance(loader, list | tuple) else loader, "dataset", None)
-        k = len(self._rows[0][1])
-        header = ["index", "path", "predicted", "predicted_name"]
+        k = len(self._rows[0][2])
+        header = ["index", "path", "target", "target_name"]
         header += [f"top{i}_{what}" for i in range(1, k + 1) for what in ("class", "name", "prob")]
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(header)
-        for index, classes, probs in sorted(self._rows):
-            top = [v for c, p in zip(classes, probs, strict=True) for v in (c, names[c], f"{p:.6g}")]
-            writer.writerow([index, _sample_path(dataset, index), classes[0], names[classes[0]], *top])
+        for index, target, classes, probs in sorted(self._rows):
+            top = [v for c, p in zip(classes, probs, strict=True) for v in (c, names[c], f"{p:.6f}")]
+            true = ["", ""] if target < 0 else [target, names[target]]
+            writer.writerow([index, _sample_path(dataset, index), *true, *top])
         name = PREDICTIONS_FILENAME if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
         out = self.dirpath if self.dirpath is not None else run_dir(trainer)
         self.last_path = write_text_atomic(out / name, text.getvalue())

@@ -22,6 +22,7 @@ from crl_lightning.data.datasets import (
     check_bad_images,
     collate_batched,
     dataset_targets,
+    inspect_images,
     list_image_files,
     skip_none_collate,
 )
@@ -46,8 +47,9 @@ class ImageDataModule(L.LightningDataModule):
 
     ``predict`` runs on the test split, or with ``predict_dir`` on every image file under that folder
     (`list_image_files`: unlabelled, any folder layout), read in the mode of the model's input (RGB, or grey
-    when `in_chans` is 1) and given the evaluation transform of the DataModule (`eval_transform`, with the
-    normalisation of its training data, which must then be readable as for a test).
+    when `in_chans` is 1), resized to the training input (`input_size`) and given the evaluation transform of
+    the DataModule (`eval_transform`, with the normalisation of its training data, which must then be
+    readable as for a test); ``bad_images="skip"`` leaves the unreadable files out.
 
     Args:
         data_dir: root folder of the dataset files.
@@ -238,14 +240,36 @@ class ImageDataModule(L.LightningDataModule):
             self.datasets.setdefault("test", self.datasets["val"])
 
     def _setup_predict(self) -> None:
-        """``datasets["predict"]``: the images under `predict_dir` (nothing without it); after the test split."""
+        """``datasets["predict"]``: the images under `predict_dir` (nothing without it); after the test split.
+
+        Each file is decoded once here (`inspect_images`): unreadable ones raise or, with ``bad_images="skip"``,
+        are left out; the others are read in the model's channels (`in_chans`) and resized to `input_size`,
+        and one line counts what was resized, converted and skipped. No file is changed on disk.
+        """
         if self.predict_dir is None or "predict" in self.datasets:
             return
-        images = UnlabelledImageDataset(list_image_files(self.predict_dir), "L" if self.in_chans == 1 else "RGB",
-                                        self.bad_images)
+        mode, size = "L" if self.in_chans == 1 else "RGB", self.input_size()
+        found = list_image_files(self.predict_dir)
+        paths, modes, sizes = inspect_images(found, self.bad_images)
+        if not paths:
+            raise ValueError(f"predict_dir: expected at least one readable image in {self.predict_dir}, got none "
+                             f"of {len(found)}")
+        images = UnlabelledImageDataset(paths, mode, self.bad_images, size)
         # uint8 tensors when the batches are normalised on the device (augment.on_device: no per-image transform)
         self.datasets["predict"] = TransformedSubset(images, transform=self.transform("predict") or v2.PILToTensor())
-        log.info("%s: predicting %d images under %s", type(self).__name__, len(images), self.predict_dir)
+        resized = "sizes kept" if size is None else \
+            f"{sum(s != size for s in sizes)} resized to {size[0]}x{size[1]}"
+        log.info("%s: predict_dir %s: %d images, %s, %d converted to %s, %d unreadable skipped",
+                 type(self).__name__, self.predict_dir, len(paths), resized, sum(m != mode for m in modes), mode,
+                 len(found) - len(paths))
+
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) of the training input, which `predict_dir` images of another size are resized to.
+
+        ``None`` (the default): the evaluation transform itself brings any size to the network's input
+        (e.g. the short-side resize and centre crop of `ImageFileDataModule`).
+        """
+        return None
 
     def teardown(self, stage: str | None = None) -> None:
         skipped = self.num_skipped_images()

@@ -104,6 +104,10 @@ class CIFAR10DataModule(ImageDataModule):
         with open(meta, "rb") as f:
             return list(pickle.load(f, encoding="latin1")[key])
 
+    def input_size(self) -> tuple[int, int]:
+        """32x32, the CIFAR images' size."""
+        return 32, 32
+
     def train_transform(self) -> Callable:
         return T.cifar_train(self.stats)
 

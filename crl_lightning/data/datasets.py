@@ -14,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
 
 __all__ = [
     "BadImagePolicy",
@@ -27,6 +28,7 @@ __all__ = [
     "collate_batched",
     "dataset_targets",
     "explain_download_failure",
+    "inspect_images",
     "is_image_file",
     "list_image_files",
     "load_rgb_image",
@@ -141,11 +143,20 @@ def load_rgb_image(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image file not found: {path}") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise CorruptImageError(
-            f"cannot decode image {path} ({type(err).__name__}: {err}); the file is truncated or corrupt: "
-            "replace it, or pass bad_images='skip' (--data.bad_images skip) to skip and count such files"
-        ) from err
+    except _DECODE_ERRORS as err:
+        raise _corrupt(path, err) from err
+
+
+#: What PIL raises on a file it cannot decode.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _corrupt(path: str | Path, err: Exception) -> CorruptImageError:
+    """The `CorruptImageError` of an undecodable ``path``: names the file, the cause and what to do."""
+    return CorruptImageError(
+        f"cannot decode image {path} ({type(err).__name__}: {err}); the file is truncated or corrupt: "
+        "replace it, or pass bad_images='skip' (--data.bad_images skip) to skip and count such files"
+    )
 
 
 def collate_batched(batch: Any) -> Any:
@@ -252,6 +263,41 @@ def list_image_files(folder: str | Path) -> list[Path]:
     return paths
 
 
+def inspect_images(
+    paths: Sequence[Path], bad_images: BadImagePolicy = "raise"
+) -> tuple[list[Path], list[str], list[tuple[int, int]]]:
+    """The readable files of ``paths``, each decoded once completely, with its PIL mode and (H, W) size.
+
+    Args:
+        paths: image files.
+        bad_images: ``"raise"`` `CorruptImageError` on an undecodable file, or ``"skip"`` it (logged, left out).
+
+    Returns:
+        ``(readable, modes, sizes)``: the readable files in order, their modes as stored (``"L"``, ``"RGB"``,
+        ``"P"``, ...) and their (H, W) sizes.
+
+    Raises:
+        CorruptImageError: an undecodable file under ``bad_images="raise"``; the message names it.
+    """
+    readable: list[Path] = []
+    modes: list[str] = []
+    sizes: list[tuple[int, int]] = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                mode, (width, height) = image.mode, image.size
+        except _DECODE_ERRORS as err:
+            if bad_images == "raise":
+                raise _corrupt(path, err) from err
+            log.warning("skipped unreadable image %s (%s: %s; bad_images='skip')", path, type(err).__name__, err)
+            continue
+        readable.append(path)
+        modes.append(mode)
+        sizes.append((height, width))
+    return readable, modes, sizes
+
+
 class UnlabelledImageDataset(ImageFileDataset):
     """Image files without classes: ``dataset[i]`` is ``(image, -1)``, a PIL image in mode `mode`.
 
@@ -259,20 +305,26 @@ class UnlabelledImageDataset(ImageFileDataset):
         paths: one image file per sample.
         mode: PIL mode the images are converted to: ``"RGB"``, or ``"L"`` for one-channel models.
         bad_images: ``"raise"`` or ``"skip"`` undecodable files (see `ImageFileDataset`).
+        size: (H, W) the images of another size are resized to (torchvision v2, bilinear, antialiased);
+            ``None`` keeps every size.
 
     Raises:
         ValueError: a mode other than ``"RGB"`` and ``"L"``, or an unknown ``bad_images``.
     """
 
-    def __init__(self, paths: Sequence[str | Path], mode: str = "RGB", bad_images: BadImagePolicy = "raise") -> None:
+    def __init__(self, paths: Sequence[str | Path], mode: str = "RGB", bad_images: BadImagePolicy = "raise",
+                 size: tuple[int, int] | None = None) -> None:
         if mode not in ("RGB", "L"):
             raise ValueError(f"mode: expected 'RGB' or 'L', got {mode!r}")
         super().__init__(paths, [-1] * len(paths), bad_images)
-        self.mode = mode
+        self.mode, self.size = mode, size
 
     def load_image(self, index: int) -> Image.Image:
-        """The image of sample ``index`` in `mode` (see `load_rgb_image` for the errors)."""
-        return super().load_image(index).convert(self.mode)
+        """The image of sample ``index`` in `mode` and `size` (see `load_rgb_image` for the errors)."""
+        image = super().load_image(index).convert(self.mode)
+        if self.size is not None and (image.height, image.width) != self.size:
+            image = v2.functional.resize(image, list(self.size))
+        return image
 
 
 class TensorImageDataset(Dataset):

@@ -71,6 +71,10 @@ class DigitsDataModule(ImageDataModule):
             raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
         return self._splits[split]
 
+    def input_size(self) -> tuple[int, int]:
+        """8x8: the digits' native size, which the network is trained at."""
+        return 8, 8
+
     def train_transform(self) -> Callable:
         return T.to_normalized_tensor(self.normalization())
 

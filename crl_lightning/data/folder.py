@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
@@ -27,6 +31,9 @@ from crl_lightning.data.splits import class_balanced_subset
 __all__ = ["ImageFolderDataModule", "Preset", "channel_stats", "decode_to_tensor", "list_image_folder"]
 
 log = logging.getLogger(__name__)
+
+#: Fewer validation images of a class than this (from ``val_split``) get a warning.
+MIN_VAL_PER_CLASS = 10
 
 #: Transform presets of `ImageFolderDataModule`.
 Preset = Literal["cifar", "imagenet"]
@@ -182,7 +189,9 @@ class ImageFolderDataModule(ImageDataModule):
     The class index is the position of the folder name in the sorted class folders of ``train/``
     (torchvision's `find_classes`); the class folders of ``val/`` and ``test/`` must be among them. Without a
     ``val/`` folder, ``val_split`` of the training images are held out for validation (stratified by class,
-    seeded by ``seed``), or, with ``val_split: 0``, validation runs on ``test/``. Archives are not read:
+    seeded by ``seed``; a class left with fewer than 10 validation images gets a warning), or, with
+    ``val_split: 0``, validation runs on ``test/``: a log line says so, and a ``ModelCheckpoint`` with a
+    ``monitor`` is refused (it would choose the epoch on the test images). Archives are not read:
     extract them first (``tar xzf cifar10_jpeg.tar.gz -C DATA``).
 
     Transform presets:
@@ -217,7 +226,8 @@ class ImageFolderDataModule(ImageDataModule):
             the model), or ``test/`` is missing (at setup).
         ValueError: bad options, no class folder, a class folder of ``val/``/``test/`` that ``train/`` does
             not have, an empty class folder, a class with fewer than
-            ``train_per_class`` training images, or images of several sizes with ``in_memory``.
+            ``train_per_class`` training images, images of several sizes with ``in_memory``, or (at setup) a
+            monitored ``ModelCheckpoint`` while validation is the test split.
     """
 
     def __init__(
@@ -282,6 +292,8 @@ class ImageFolderDataModule(ImageDataModule):
         if split == "train" and self.train_per_class is not None:
             indices = class_balanced_subset(dataset.targets, self.train_per_class, self.seed,
                                             range(len(dataset)) if indices is None else indices)
+        if split == "val":
+            self._check_val(dataset, indices)
         view = self._view(split, dataset, indices)
         if split == "train":
             if self._native_size is None and view.indices:
@@ -296,6 +308,39 @@ class ImageFolderDataModule(ImageDataModule):
         view.transform = self.transform(split)
         return view
 
+    def _check_val(self, dataset: ImageFileDataset, indices: Sequence[int] | None) -> None:
+        """Log that validation is the test split, refuse a monitored checkpoint on it; warn on small classes.
+
+        The line is left out when testing or predicting (no validation runs), the refusal applies when fitting.
+
+        Raises:
+            ValueError: validation is the test split and the fitting trainer has a ``ModelCheckpoint`` with a
+                ``monitor`` (it would pick the epoch on the test images).
+        """
+        if not self.has_val_split and self.val_split == 0:
+            trainer = self.trainer
+            stage = None if trainer is None else trainer.state.fn
+            if stage in (None, TrainerFn.FITTING, TrainerFn.VALIDATING):  # not for test/predict: no validation runs
+                log.info("%s: no %s folder and val_split 0: validation runs on the test split (%d images)",
+                         type(self).__name__, self.data_dir / "val", len(dataset))
+            callbacks = trainer.callbacks if trainer is not None and stage == TrainerFn.FITTING else []
+            monitored = [cb.monitor for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
+            if monitored:
+                raise ValueError(
+                    f"trainer.callbacks ModelCheckpoint.monitor: expected none while validation is the test split "
+                    f"(no val/ folder, val_split 0), got monitor={monitored[0]!r}; set data.init_args.val_split "
+                    "(e.g. 0.1) or add a val/ folder, or drop the monitor")
+            return
+        if indices is None:
+            return
+        counts = Counter(dataset.targets[i] for i in indices)
+        small = [(self.classes[c], n) for c, n in sorted(counts.items()) if n < MIN_VAL_PER_CLASS]
+        if small:
+            rank_zero_warn(
+                f"val_split: {self.val_split} leaves fewer than {MIN_VAL_PER_CLASS} validation images in "
+                f"{len(small)} classes, e.g. {self.data_dir / 'train' / small[0][0]} ({small[0][1]}): its validation "
+                "error is noisy; raise val_split or add a val/ folder")
+
     def _view(self, split: str, dataset: ImageFileDataset, indices: Sequence[int] | None) -> TransformedSubset:
         """The ``split`` samples at ``indices`` of ``dataset``, decoded into memory when ``in_memory``."""
         if self.in_memory:
@@ -309,6 +354,10 @@ class ImageFolderDataModule(ImageDataModule):
         return (4, True) if self.preset == "cifar" else None
 
     # ----- transforms ---------------------------------------------------------------------------
+    def input_size(self) -> tuple[int, int] | None:
+        """The ``cifar`` preset's input (see `_input_size`); ``None`` for ``imagenet``, whose eval resizes any size."""
+        return self._input_size() if self.preset == "cifar" else None
+
     def _input_size(self) -> tuple[int, int]:
         """(H, W) every image is resized to: ``image_size`` square, else the first training image's size."""
         if self.image_size is not None:

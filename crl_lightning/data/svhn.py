@@ -122,6 +122,10 @@ class SVHNDataModule(ImageDataModule):
             return parts[0]
         return TensorImageDataset(torch.cat([p.images for p in parts]), [t for p in parts for t in p.targets])
 
+    def input_size(self) -> tuple[int, int]:
+        """32x32, the SVHN crops' size."""
+        return 32, 32
+
     def train_transform(self) -> Callable:
         return T.to_normalized_tensor(self.stats)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "remove_config_only_run_dir",
     "HISTORY_FILENAME",
     "METRICS_FILENAME",
     "PREDICTIONS_FILENAME",
@@ -247,3 +248,21 @@ def newest_last_checkpoint(root: str | Path) -> Path | None:
             continue
         return path
     return None
+
+
+#: What a run folder holds before anything ran: the config (`SaveConfigCallback`) and the logger's hparams.
+_CONFIG_FILES = frozenset({"config.yaml", "hparams.yaml"})
+
+
+def remove_config_only_run_dir(folder: Path) -> bool:
+    """Remove ``folder`` when it holds nothing but `_CONFIG_FILES` (a run that failed before writing results).
+
+    Returns:
+        True when it was removed; False when it does not exist or holds anything else.
+    """
+    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= _CONFIG_FILES:
+        return False
+    for name in _CONFIG_FILES:
+        (folder / name).unlink(missing_ok=True)
+    folder.rmdir()
+    return True
