@@ -686,6 +686,7 @@ def main(args: Sequence[str] | None = None) -> None:
     write_text_atomic(out / "study.md", report)
     print(report)
     print(f"crl study: wrote {out / 'study.json'}, {out / 'study.md'}" + (f", {curves}" if curves else "")
+          + (f", {differences}" if differences else "")
           + f"; each run's checkpoint, test_metrics.json, history.csv and figures/ are under {out}/<criterion>/"
           "seed_<seed>/")
     if not study["complete"]:
