@@ -58,12 +58,13 @@ class ImageClassifier(L.LightningModule):
     (``TestReport`` records both). It is skipped (``temperature`` ``None``, the note says why) when the
     DataModule does not say that its validation split is held out from the test split (``validation_held_out``
     of `crl_lightning.data.ImageDataModule`; false with ``val_split=0`` and no val split of its own, where
-    validation runs on the test split), when there is no DataModule, or when the validation split is empty or
-    has soft targets. T is never fitted on the test split. Under DDP every process runs the whole validation
-    split (the loader is the DataModule's, without a distributed sampler) and all take process 0's T.
+    validation runs on the test split), when there is no DataModule, under ``fast_dev_run``, or when the
+    validation split is empty or has soft targets. T is never fitted on the test split. Under DDP every
+    process runs the whole validation split (the loader is the DataModule's, without a distributed sampler)
+    and all take process 0's T.
 
-    A ``ValueError``
-    of the criterion during training (e.g. a class index out of range, checked on the CPU) names the step.
+    A ``ValueError`` of the criterion during training (e.g. a class index out of range, checked on the CPU)
+    names the step.
 
     Extension points (override one, not ``training_step``):
         * `build_backbone` -- how the network (and its head) is built;
@@ -259,6 +260,9 @@ class ImageClassifier(L.LightningModule):
         """Fit `temperature` on the validation split with the weights being tested (see the class docstring)."""
         self.temperature, self.temperature_note = None, None
         datamodule = self.trainer.datamodule
+        if self.trainer.fast_dev_run:
+            self.temperature_note = "not fitted: fast_dev_run"
+            return
         if datamodule is None:
             self.temperature_note = "not fitted: no DataModule, so no validation split is known"
             return
