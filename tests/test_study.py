@@ -357,7 +357,7 @@ def test_gpu_study_script_runs_at_toy_size_on_the_cpu(tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
-    assert study["complete"] is True and study["budget_min"] < 8  # the extraction time is taken off the budget
+    assert study["complete"] is True and 0 < study["budget_min"] <= 8  # less the extraction time
     assert study["criteria"] == ["ce", "crl"] and study["seeds"] == [0, 1] and study["pairing"]["ok"]
     assert study["runs"][0]["wall_s"] == partial["runs"][0]["wall_s"]  # reused, not trained again
     assert all(r["epochs"] == 2 and r["metrics"]["test_top1_err"] <= 100 for r in study["runs"])
