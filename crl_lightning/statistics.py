@@ -1,4 +1,4 @@
-"""Summary statistics over seeds and paired tests between criteria (scipy), for ``crl study``."""
+"""Summary statistics over seeds, paired tests between criteria, Holm's correction and paired-t power (scipy)."""
 
 from __future__ import annotations
 
