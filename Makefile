@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy crl_lightning
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/losses.py
+
+# Mutation testing (tests/README.md, "Mutation testing"); not part of `make test`. About an hour on 2 busy cores.
+mutation: $(STAMP)
+	$(BIN)/pip install -q -e ".[mutation]"
+	rm -rf mutants
+	nice -n 10 $(BIN)/mutmut run --max-children 2 > mutmut-run.log 2>&1 || (tail -c 3000 mutmut-run.log; exit 1)
+	$(BIN)/mutmut results --all true | $(BIN)/python tests/mutation_scores.py
 
 clean:
 	rm -rf $(VENV) lightning_logs runs

@@ -8,7 +8,7 @@ go through the CIFAR training augmentation (pad-4 random crop, horizontal flip, 
 * ``per-image``: `ImageDataModule`'s per-image pipeline, ``v2.RandomCrop(32, padding=4)`` +
   ``v2.RandomHorizontalFlip`` + ``ToDtype`` + ``Normalize`` (`transforms.cifar_train`) on each image in the
   DataLoader (``num_workers`` 0, 1, 2: worker processes, kept alive between epochs), then collated;
-* ``batched``: the in-memory pipeline of ``augment_on_device``: the loader slices whole uint8 batches out
+* ``batched``: the in-memory pipeline of ``augment.on_device``: the loader slices whole uint8 batches out
   of the tensor (`TensorImageDataset.__getitems__`, no collation), then `batch_transforms.random_crop_flip`
   and `batch_transforms.normalize` augment each batch at once (here on the CPU, the device of this machine;
   on a GPU they run there).
@@ -30,8 +30,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import TensorImageDataset, TransformedSubset, collate_batched
 from crl_lightning.data.batch_transforms import normalize, random_crop_flip
+from crl_lightning.data.datasets import TensorImageDataset, TransformedSubset, collate_batched
 
 
 def per_image(data: TensorImageDataset, batch_size: int, workers: int) -> Callable[[], int]:

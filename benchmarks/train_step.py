@@ -43,9 +43,11 @@ import torch.nn.functional as F
 
 from crl_lightning import ImageClassifier
 from crl_lightning.classifier import PAPER_SGD
+from crl_lightning.data import Augmentation
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import ImageDataModule, TensorImageDataset, TransformedSubset
+from crl_lightning.data.base import ImageDataModule
 from crl_lightning.data.batch_transforms import normalize, random_crop_flip
+from crl_lightning.data.datasets import TensorImageDataset, TransformedSubset
 from crl_lightning.losses import CompetingRatioLoss, CrossEntropyLoss
 
 VARIANTS = ("plain loop + CE", "Lightning + CE", "Lightning + CRL")
@@ -57,7 +59,7 @@ class InMemoryData(ImageDataModule):
     stats = T.CIFAR10_STATS
 
     def __init__(self, images: torch.Tensor, targets: list[int], batch_size: int) -> None:
-        super().__init__(batch_size=batch_size, augment_on_device=True)
+        super().__init__(batch_size=batch_size, augment=Augmentation(on_device=True))
         self.num_classes = 10
         self._data = TensorImageDataset(images, targets)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.types import LRSchedulerTypeUnion, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
@@ -102,6 +103,9 @@ class ImageClassifier(L.LightningModule):
         torch.Size([2, 10])
     """
 
+    #: What `forward` runs: the backbone, compiled with ``compile`` (not a registered submodule; see __init__).
+    network: Callable[[Tensor], Tensor]
+
     def __init__(
         self,
         backbone: str = "preact_resnet20",
@@ -166,12 +170,12 @@ class ImageClassifier(L.LightningModule):
     def build_backbone(self) -> nn.Module:
         """Return the network mapping (N, in_chans, H, W) images to (N, num_classes) logits."""
         hp = self.hparams
-        return create_backbone(hp.backbone, hp.num_classes, hp.in_chans, hp.pretrained)
+        return create_backbone(hp["backbone"], hp["num_classes"], hp["in_chans"], hp["pretrained"])
 
     @override
     def forward(self, images: Tensor) -> Tensor:
         """Logits (N, C) for images (N, in_chans, H, W)."""
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.network(images)
 
@@ -303,7 +307,7 @@ class ImageClassifier(L.LightningModule):
         from crl_lightning.guard import NonFiniteGuard
 
         wanted = [NonFiniteGuard, History, RandomState] + [TestReport] * bool(self.hparams.get("test_report", True))
-        existing = self._trainer.callbacks if self._trainer is not None else []
+        existing: list[L.Callback] = getattr(self._trainer, "callbacks", []) if self._trainer is not None else []
         return [cls() for cls in wanted if not any(isinstance(cb, cls) for cb in existing)]
 
     @override
@@ -326,8 +330,10 @@ class ImageClassifier(L.LightningModule):
             )
 
     @override
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         params = [p for p in self.parameters() if p.requires_grad]
+        optimizer: torch.optim.Optimizer
+        scheduler: LRSchedulerTypeUnion
         if self.optimizer_factory is None:
             optimizer = torch.optim.SGD(params, **PAPER_SGD)
         else:

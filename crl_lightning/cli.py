@@ -7,6 +7,7 @@ The DataModule's ``num_classes`` and ``in_chans`` are linked into the model.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import zipfile
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -33,6 +35,7 @@ __all__ = [
     "check_checkpoint",
     "console_main",
     "main",
+    "refuse_replaced_model_values",
     "resolve_ckpt_path",
     "resolve_config",
     "run_summary",
@@ -56,7 +59,9 @@ class CRLCLI(LightningCLI):
     (`check_checkpoint`, right after parsing); ``fit`` with the default schedule (``model.init_args.lr_scheduler``
     null) needs ``trainer.max_epochs`` (`ConfigError`, before anything is built); a model ``num_classes`` or
     ``in_chans`` that was set (not the default) and differs from the DataModule's is refused (`ConfigError`),
-    where the link would silently replace it. The progress bar shows only what the model puts on it
+    where the link would silently replace it; so is a model value that was set and differs from the ``ckpt_path``'s
+    hyper-parameters, which LightningCLI would silently put in its place (`refuse_replaced_model_values`). The
+    progress bar shows only what the model puts on it
     (`CompactProgressBar`); fit and test end with one line naming the run folder and its files (`run_summary`),
     predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`).
     """
@@ -70,15 +75,29 @@ class CRLCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            from crl_lightning.console import unknown_options_message
+
+            parsers = (parser, *getattr(self, "_subcommand_parsers", {}).values())
+            options = [o for p in parsers for o in p._option_string_actions]
+            message = unknown_options_message(str(err), options)
+            if message is None:
+                raise
+            raise argparse.ArgumentError(None, message) from err
         subcommand = self.config.get("subcommand")  # self.subcommand is set after this
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         keyword = str(path) in _CKPT_KEYWORDS or str(path).startswith("registry:") or "://" in str(path)
         if isinstance(path, str | Path) and not keyword:
             check_checkpoint(path)  # before LightningCLI reads the checkpoint's hyper-parameters
+        # the model as given, before LightningCLI puts the checkpoint's hyper-parameters over it
+        self._given_model = self.config[subcommand].get("model").clone() if subcommand else None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if self._given_model is not None and config.get("ckpt_path"):
+            refuse_replaced_model_values(self._given_model.as_dict(), config["model"].as_dict(), config["ckpt_path"])
         if self.subcommand == "fit":
             _check_training_length(config.get("trainer.max_epochs"), config.get("trainer.max_steps"))
         schedule = config.get("model.init_args.lr_scheduler", "unset")
@@ -95,7 +114,7 @@ class CRLCLI(LightningCLI):
         super().instantiate_classes()
         for name, value in given.items():
             linked = getattr(self.datamodule, name, None)
-            if value not in (None, linked, _init_default(self.model, name)) and linked is not None:
+            if value not in (None, linked, _init_default(type(self.model), name)) and linked is not None:
                 raise ConfigError(
                     f"model.init_args.{name}: expected the data's value {linked} ({type(self.datamodule).__name__}."
                     f"{name}, which crl links into the model), got {value} (from the command line, a config or the "
@@ -185,14 +204,54 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _init_default(model: Any, name: str) -> Any:
-    """The default of init argument ``name`` of ``model``'s class (the first ``__init__`` in its MRO with it)."""
-    for cls in type(model).__mro__:
+def _init_default(model_class: type, name: str) -> Any:
+    """The default of init argument ``name`` of ``model_class`` (the first ``__init__`` in its MRO with it)."""
+    for cls in model_class.__mro__:
         if "__init__" in vars(cls):
-            parameter = inspect.signature(cls.__init__).parameters.get(name)
+            parameter = inspect.signature(vars(cls)["__init__"]).parameters.get(name)
             if parameter is not None:
                 return parameter.default
     return inspect.Parameter.empty
+
+
+def _first_difference(key: str, expected: Any, got: Any) -> tuple[str, Any, Any]:
+    """The innermost ``key.sub.key`` where nested dicts ``expected`` and ``got`` differ, and both values there."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        for sub in [*expected, *(k for k in got if k not in expected)]:
+            if expected.get(sub) != got.get(sub):
+                return _first_difference(f"{key}.{sub}", expected.get(sub), got.get(sub))
+    return key, expected, got
+
+
+def refuse_replaced_model_values(given: dict[str, Any], loaded: dict[str, Any], ckpt_path: str | Path) -> None:
+    """Refuse a model init value that was set and that the ``ckpt_path``'s hyper-parameters replaced.
+
+    LightningCLI reads the hyper-parameters saved in the checkpoint over the parsed config, so ``crl test
+    --ckpt_path C --model.init_args.backbone X`` would test C's backbone without a word. A value counts as set
+    when it differs from the model class's default (a config or the command line gave it); one equal to the
+    default may be unset, and the checkpoint's value then applies as before.
+
+    Args:
+        given: the model's config as parsed (``class_path``, ``init_args``), before the checkpoint was read.
+        loaded: the same after LightningCLI put the checkpoint's hyper-parameters over it.
+        ckpt_path: the checkpoint, for the message.
+
+    Raises:
+        ConfigError: one line naming the innermost differing key, e.g. ``model.init_args.backbone: expected
+            the checkpoint's value 'preact_resnet20' (C), got 'preact_resnet56'``.
+    """
+    import importlib
+
+    module, _, name = given["class_path"].rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)
+    loaded_args = loaded.get("init_args", {})
+    for arg, value in given.get("init_args", {}).items():
+        if arg in loaded_args and loaded_args[arg] != value and value != _init_default(model_class, arg):
+            key, expected, got = _first_difference(f"model.init_args.{arg}", loaded_args[arg], value)
+            raise ConfigError(
+                f"{key}: expected the checkpoint's value {expected!r} ({ckpt_path}), got {got!r} (from the command "
+                "line or a config); the checkpoint holds that model's weights: give its value or leave the key out"
+            )
 
 
 def check_checkpoint(path: str | Path) -> None:
@@ -310,6 +369,24 @@ EXTRA_COMMANDS = {
 }
 
 
+class _HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help formatter; a docstring's "see above" points to the class docstring.
+
+    ``--data.help CLASS`` shows only the first line of the class docstring above the options, so an argument
+    documented as "(see above)" there would point to nothing.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return super()._get_help_string(action).replace("see above", "see the class docstring")
+
+
+class _Parser(LightningArgumentParser):
+    """LightningArgumentParser with `_HelpFormatter` by default (``--*.help`` makes a ``type(parser)()``)."""
+
+    def __init__(self, *args: Any, formatter_class: type = _HelpFormatter, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def build_cli(args: Sequence[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> CRLCLI:
     """Parse ``args`` (default ``sys.argv[1:]``) and run the LightningCLI subcommand; return the CLI.
 
@@ -334,7 +411,8 @@ def _new_cli(cli_class: type[CRLCLI], args: Sequence[str] | None, trainer_defaul
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,
-        parser_kwargs={"exit_on_error": False,
+        parser_class=_Parser,
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False,
                        "description": "Train and evaluate image classifiers with the Competing Ratio Loss. "
                        "Also: `crl study --help` (criteria x seeds, paired tests), `crl cv --help` (k-fold "
                        "cross-validation) and `crl compare --help` (results table). Errors print as one line; "
@@ -371,13 +449,15 @@ def console_main() -> None:
       (`crl_lightning.console.error_message`); ``--traceback`` anywhere on the command line, or the environment
       variable ``CRL_TRACEBACK=1``, shows the full traceback instead.
     * Lightning's tips and known-harmless warnings are hidden (`crl_lightning.console.quiet_console`).
+    * Ctrl-C ends the command with exit code 130 and one line saying how to resume it
+      (`crl_lightning.console.interrupted_message`), also when Lightning has caught it and shut down.
     * This package's INFO log lines (e.g. dataset sizes) go to stderr, as Lightning shows its own.
     """
     import logging
     import os
     import sys
 
-    from crl_lightning.console import TRACEBACK_ENV, error_message, quiet_console
+    from crl_lightning.console import TRACEBACK_ENV, error_message, interrupted_message, quiet_console
 
     traceback = "--traceback" in sys.argv[1:] or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0")
     sys.argv = [a for a in sys.argv if a != "--traceback"]
@@ -387,9 +467,15 @@ def console_main() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         package_log.addHandler(handler)
         package_log.setLevel(logging.INFO)
-    quiet_console(evaluating=sys.argv[1:2] in (["validate"], ["test"], ["predict"]))
+    quiet_console()
     try:
         main()
+    except (KeyboardInterrupt, SystemExit) as end:
+        # Lightning catches Ctrl-C in the trainer, shuts down and exits 1 inside its `except KeyboardInterrupt`
+        if isinstance(end, SystemExit) and not isinstance(end.__context__, KeyboardInterrupt) or traceback:
+            raise
+        print(f"crl: {interrupted_message(sys.argv[1:])}", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:
         if traceback:
             raise

@@ -7,18 +7,22 @@ importing the package changes no warning filter and no logger, so library users 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import re
+import shlex
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 __all__ = [
-    "EVALUATION_WARNINGS",
     "HARMLESS_WARNINGS",
     "TRACEBACK_ENV",
     "error_message",
+    "interrupted_message",
     "parse_error_message",
     "quiet_console",
+    "unknown_options_message",
 ]
 
 #: Environment variable that makes ``crl`` show the full traceback of an error (as ``--traceback`` does).
@@ -26,16 +30,17 @@ TRACEBACK_ENV = "CRL_TRACEBACK"
 
 #: Warnings that ``crl`` hides, as (regular expression matched at the start of the message, category):
 #: torch's deprecation of ``LeafSpec``, which Lightning's ``_pytree`` still uses (nothing a user can change),
-#: and Lightning's notice that it logs with a CSVLogger when TensorBoard is not installed (it does).
+#: Lightning's notice that it logs with a CSVLogger when TensorBoard is not installed (it does), and
+#: ModelCheckpoint's notice that the ``ckpt_path`` came from another folder: every ``crl`` run logs into a new
+#: ``version_N`` folder, so a resumed ``crl fit`` (and any ``crl test --ckpt_path``) always has another one.
+#: The resumed ModelCheckpoint keeps ``best_model_path`` and ranks the checkpoints it saves itself afresh.
 HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     (r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency", UserWarning),
-)
-#: Hidden too when ``crl`` only evaluates (validate, test, predict), where no checkpoint is written: the
-#: default ModelCheckpoint's notice that the ``ckpt_path`` came from another run folder.
-EVALUATION_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"The dirpath has changed from .* therefore `best_model_score`", UserWarning),
 )
+#: The start of Lightning's own line on Ctrl-C, which ``crl`` replaces with `interrupted_message`.
+_INTERRUPT_LINE = "\nDetected KeyboardInterrupt, attempting graceful shutdown"
 #: The loggers of Lightning's ``rank_zero_info``, which prints its tips to install litlogger/litmodels.
 _RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                       "lightning_fabric.utilities.rank_zero")
@@ -47,16 +52,12 @@ _GENERIC_LINES = (r"Parser key |Given value|Subtypes: |Errors:|Expected a <class
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡 Tip:")
+    return not str(record.msg).startswith(("💡 Tip:", _INTERRUPT_LINE))
 
 
-def quiet_console(evaluating: bool = False) -> None:
-    """Hide `HARMLESS_WARNINGS` and Lightning's "💡 Tip:" lines in this process (the ``crl`` command only).
-
-    Args:
-        evaluating: the command only evaluates (validate, test, predict): hide `EVALUATION_WARNINGS` too.
-    """
-    for message, category in HARMLESS_WARNINGS + (EVALUATION_WARNINGS if evaluating else ()):
+def quiet_console() -> None:
+    """Hide `HARMLESS_WARNINGS`, Lightning's "💡 Tip:" lines and its Ctrl-C line here (the ``crl`` command only)."""
+    for message, category in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in _RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
@@ -142,6 +143,11 @@ def parse_error_message(message: str) -> str:
         hint = _criterion_hint(value)
         if hint:
             return f"{field}: {hint}"
+    unknown = re.search(r"Problem with given class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", innermost)
+    if unknown:
+        key = f"{field}.init_args.{unknown[2]}"
+        close = _closest(unknown[2], _init_keys(unknown[1]))
+        return f"{key}: unknown option" + (f" (did you mean {field}.init_args.{close}?)" if close else "")
     lines = (line.strip().removeprefix("- ") for line in innermost.splitlines()[1:])
     specific = [line for line in lines if line and not re.match(_GENERIC_LINES, line)]
     if specific:
@@ -151,6 +157,65 @@ def parse_error_message(message: str) -> str:
         expected += [n for n in re.findall(r"<class '([\w.]+)'>", names) if n != "NoneType" and n not in expected]
     expected = [f"a {n} subclass (a class path or class name)" if "." in n else n for n in expected]
     return f"{field}: expected {' or '.join(expected) or 'another value'}, got {value!r}"
+
+
+def _closest(given: str, options: Iterable[str]) -> str | None:
+    """The option closest to ``given`` (difflib), or ``None`` when none is close."""
+    close = difflib.get_close_matches(given, list(options), n=1)
+    return close[0] if close else None
+
+
+def _init_keys(class_path: str) -> list[str]:
+    """The init arguments that jsonargparse accepts for ``class_path`` (``**kwargs`` forwarded to a base included)."""
+    import importlib
+
+    from jsonargparse import ArgumentParser
+
+    module, _, name = class_path.rpartition(".")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(getattr(importlib.import_module(module), name), fail_untyped=False)
+    return sorted({action.dest.split(".")[0] for action in parser._actions} - {"help"})
+
+
+def unknown_options_message(message: str, options: Iterable[str]) -> str | None:
+    """One line for argparse's ``unrecognized arguments: ...``: each unknown option and the closest known one.
+
+    Args:
+        message: the parse error's message.
+        options: the option strings the parser knows (``--trainer.max_epochs``, ...).
+
+    Returns:
+        E.g. ``--trainer.max_epoch: unknown option (did you mean --trainer.max_epochs?)``, or ``None`` for any
+        other message.
+    """
+    if not message.startswith("unrecognized arguments: "):
+        return None
+    known = sorted(set(options))
+    given = [arg.split("=", 1)[0] for arg in message.removeprefix("unrecognized arguments: ").split()
+             if arg.startswith("-")]
+    lines = [f"{arg}: unknown option" + (f" (did you mean {close}?)" if (close := _closest(arg, known)) else "")
+             for arg in given]
+    return "; ".join(lines) or message
+
+
+def interrupted_message(argv: Sequence[str]) -> str:
+    """The line ``crl`` ends with after Ctrl-C: how to go on with the command ``crl ARGV``.
+
+    ``crl fit`` resumes from the newest ``last.ckpt`` (``--ckpt_path last``, replacing any ``--ckpt_path``);
+    ``crl study`` and ``crl cv`` resume when run again; any other command is run again.
+
+    Args:
+        argv: the command line after ``crl``.
+    """
+    args = list(argv)
+    if args[:1] == ["fit"]:
+        kept = [a for i, a in enumerate(args) if not a.startswith("--ckpt_path")
+                and not (i > 0 and args[i - 1] == "--ckpt_path")]
+        return ("interrupted; to resume from the last epoch end (the last.ckpt of a ModelCheckpoint with "
+                f"save_last: true): crl {shlex.join([*kept, '--ckpt_path', 'last'])}")
+    if args[:1] in (["study"], ["cv"]):
+        return f"interrupted; finished runs are kept, and running it again resumes: crl {shlex.join(args)}"
+    return f"interrupted; run it again: crl {shlex.join(args)}"
 
 
 def _criterion_hint(value: str) -> str | None:

@@ -7,7 +7,7 @@ on headless machines and inside notebooks alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,7 +223,7 @@ def confusion_matrix_figure(
 
 
 def learning_curves(
-    curves: dict[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
+    curves: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
     ylabel: str = "validation top-1 error (%)",
     title: str = "Validation error per epoch",
 ) -> Figure:

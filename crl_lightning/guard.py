@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -129,7 +129,7 @@ class NonFiniteGuard(L.Callback):
 
     @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
-        if self._batch is None:
+        if self._batch is None or self._logits_bad is None:  # set and cleared together
             return
         batch_idx, inputs_bad = self._batch
         loss_bad = ~torch.isfinite(loss.detach()).all()
@@ -201,7 +201,8 @@ class NonFiniteGuard(L.Callback):
             return None
         pending, self._pending = self._pending, []
         codes = torch.stack([code for code, *_ in pending])
-        rows = (pl_module.all_gather(codes) if gather else codes).reshape(-1, len(pending)).tolist()
+        gathered = cast(Tensor, pl_module.all_gather(codes)) if gather else codes
+        rows = gathered.reshape(-1, len(pending)).tolist()
         found = next(((k, row) for k in range(len(pending)) for row in range(len(rows)) if rows[row][k]), None)
         if found is None:
             return None

@@ -10,7 +10,8 @@ is a **fraction** in [0, 1]; `NegativeLogLikelihood` is in **nats per sample**.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -325,7 +326,9 @@ def eval_metrics(
     Raises:
         ValueError: any k outside ``[1, num_classes]``, or ``calibration_bins < 1``.
     """
-    metrics: dict[str, Metric] = {f"top{k}_err": TopKError(num_classes, k, validate_args=False) for k in top_k}
+    metrics: dict[str, Metric | MetricCollection] = {
+        f"top{k}_err": TopKError(num_classes, k, validate_args=False) for k in top_k
+    }
     if ordinal:
         metrics["exact_acc"] = ExactAccuracy(num_classes, validate_args=False)
         metrics["one_off_acc"] = OneOffAccuracy(num_classes, tolerance=1)
@@ -373,7 +376,7 @@ def unpadded_sample_count(dataloader: Any) -> int | None:
         sampler = getattr(dataloader, "sampler", None)
     if not isinstance(sampler, DistributedSampler):
         return None
-    real = len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
+    real = len(range(sampler.rank, len(cast(Sized, sampler.dataset)), sampler.num_replicas))
     return min(real, sampler.num_samples)
 
 

@@ -37,6 +37,7 @@ def configure_wandb_loggers(
     * ``config``: the full resolved CLI config (when there is one) plus ``crl`` = `run_identity`
       (with the experiment's identifying ``settings``), so
       the W&B table can also group or filter by any config value;
+    * ``anonymous``: left out when unset (Lightning passes ``None``, on which wandb >= 0.19 prints a notice);
     * ``dir``: when ``save_dir`` is WandbLogger's default ``"."``, ``trainer.default_root_dir``, so W&B's
       files (``wandb/``), the checkpoints and the test report (``<project>/<run id>/``) all go there.
 
@@ -74,6 +75,8 @@ def configure_wandb_loggers(
             if init.get(key) is None and value is not None:
                 init[key] = value
         init["config"] = {**config, **(init.get("config") or {}), "crl": identity}
+        if "anonymous" in init and init["anonymous"] is None:  # unset: wandb >= 0.19 warns on anonymous=None
+            del init["anonymous"]
         if logger.save_dir == "." and os.path.abspath(trainer.default_root_dir) != os.getcwd():
             init["dir"] = logger._save_dir = os.fspath(trainer.default_root_dir)
             os.makedirs(init["dir"], exist_ok=True)

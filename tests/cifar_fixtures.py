@@ -63,11 +63,11 @@ def _dump_py2(obj: Any, path: Path) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def _images(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+def _images(rng: np.random.Generator, n: int, min_pixel: int = 0) -> np.ndarray:
+    return rng.integers(min_pixel, 256, size=(n, 3072), dtype=np.uint8)
 
 
-def write_cifar10(root: str | Path, per_batch: int = 4, n_test: int = 10, seed: int = 0) -> Path:
+def write_cifar10(root: str | Path, per_batch: int = 4, n_test: int = 10, seed: int = 0, min_pixel: int = 0) -> Path:
     """Write ``<root>/cifar-10-batches-py`` with ``5 * per_batch`` train and ``n_test`` test images.
 
     Labels cycle through the 10 classes, so every class appears once ``n >= 10``.
@@ -77,6 +77,7 @@ def write_cifar10(root: str | Path, per_batch: int = 4, n_test: int = 10, seed: 
         per_batch: images in each of ``data_batch_1`` .. ``data_batch_5``.
         n_test: images in ``test_batch``.
         seed: seed of the random pixels.
+        min_pixel: smallest pixel value (1: no black pixel, so a 0 can only come from padding).
 
     Returns:
         ``root`` as a `Path`.
@@ -91,7 +92,7 @@ def write_cifar10(root: str | Path, per_batch: int = 4, n_test: int = 10, seed: 
             {
                 "batch_label": f"{'testing' if name == 'test_batch' else 'training'} batch {k + 1} of 5",
                 "labels": [int(i % 10) for i in range(n)],
-                "data": _images(rng, n),
+                "data": _images(rng, n, min_pixel),
                 "filenames": [f"fixture_{k}_{i}.png" for i in range(n)],
             },
             folder / name,

@@ -11,7 +11,7 @@ import yaml
 from torchvision.transforms import v2
 
 from crl_lightning.cli import build_cli, main
-from crl_lightning.data import DigitsDataModule
+from crl_lightning.data import Augmentation, DigitsDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")
@@ -31,7 +31,7 @@ def _training_batch(dm: DigitsDataModule) -> list[torch.Tensor]:
 @pytest.mark.parametrize("option", ["mixup_alpha", "cutmix_alpha"])
 def test_mixup_and_cutmix_give_valid_soft_targets(option):
     torch.manual_seed(0)
-    dm = DigitsDataModule(batch_size=32, **{option: 1.0})
+    dm = DigitsDataModule(batch_size=32, augment=Augmentation(**{option: 1.0}))
     plain = DigitsDataModule(batch_size=32)
     torch.manual_seed(0)
     images, target = _training_batch(dm)
@@ -46,7 +46,7 @@ def test_mixup_and_cutmix_give_valid_soft_targets(option):
 
 
 def test_eval_batches_are_not_mixed():
-    dm = DigitsDataModule(batch_size=16, mixup_alpha=1.0)
+    dm = DigitsDataModule(batch_size=16, augment=Augmentation(mixup_alpha=1.0))
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
     assert dm.on_after_batch_transfer(batch, 0)[1].ndim == 1  # no trainer: not training
@@ -63,7 +63,7 @@ def test_mixup_trains_through_the_crl_soft_path(tmp_path, monkeypatch):
         return composite(*args, **kwargs)
 
     monkeypatch.setattr(LF, "_crl_composite", spy)
-    main(["fit", "--config", DIGITS, "--data.init_args.mixup_alpha", "0.2", "--trainer.max_epochs", "1",
+    main(["fit", "--config", DIGITS, "--data.init_args.augment.mixup_alpha", "0.2", "--trainer.max_epochs", "1",
           "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
           "--trainer.default_root_dir", str(tmp_path), *QUIET])
     assert calls and all(shape[1:] == (10,) for shape in calls[:3])  # (N, 10) soft targets in training
@@ -72,7 +72,7 @@ def test_mixup_trains_through_the_crl_soft_path(tmp_path, monkeypatch):
 
 
 def test_per_image_policies_are_composed_into_the_training_transform():
-    dm = DigitsDataModule(trivial_augment=True, random_erasing=0.25)
+    dm = DigitsDataModule(augment=Augmentation(trivial_augment=True, random_erasing=0.25))
     dm.setup("fit")
     steps = dm.datasets["train"].transform.transforms
     assert isinstance(steps[1], v2.TrivialAugmentWide) and isinstance(steps[-1], v2.RandomErasing)
@@ -81,20 +81,19 @@ def test_per_image_policies_are_composed_into_the_training_transform():
     x, _ = dm.datasets["train"][0]
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32
     with pytest.raises(ValueError, match="expected at most one of them, got both"):
-        DigitsDataModule(trivial_augment=True, rand_augment=True)
-    with pytest.raises(ValueError, match="augment_on_device: expected no per-image augmentation"):
-        DigitsDataModule(rand_augment=True, augment_on_device=True)
-    with pytest.raises(ValueError, match=r"random_erasing: expected a probability in \[0, 1\], got 1.5"):
-        DigitsDataModule(random_erasing=1.5)
+        Augmentation(trivial_augment=True, rand_augment=True)
+    with pytest.raises(ValueError, match="augment.on_device: expected no per-image augmentation"):
+        Augmentation(rand_augment=True, on_device=True)
+    with pytest.raises(ValueError, match=r"augment.random_erasing: expected a probability in \[0, 1\], got 1.5"):
+        Augmentation(random_erasing=1.5)
 
 
 def test_every_new_option_shows_in_print_config(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", DIGITS, "--print_config"])
-    data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
-    for option in ("augment_on_device", "trivial_augment", "rand_augment", "random_erasing", "mixup_alpha",
-                   "cutmix_alpha"):
-        assert option in data, option
+    augment = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["augment"]
+    assert augment == {"trivial_augment": False, "rand_augment": False, "random_erasing": 0.0, "mixup_alpha": 0.0,
+                       "cutmix_alpha": 0.0, "on_device": False}
 
 
 def _ema_overlay(tmp_path: Path, decay: float) -> str:

@@ -96,11 +96,11 @@ def test_normalize_matches_the_per_image_transform():
 def test_datamodule_device_pipeline_equals_the_per_image_one_on_eval_batches(tmp_path):
     from data_fixtures import write_image_folder
 
-    from crl_lightning.data import ImageFolderDataModule
+    from crl_lightning.data import Augmentation, ImageFolderDataModule
 
     write_image_folder(tmp_path, {"train": 4, "test": 2})
     per_image = ImageFolderDataModule(tmp_path, in_memory=True, batch_size=6)
-    device = ImageFolderDataModule(tmp_path, in_memory=True, augment_on_device=True, batch_size=6)
+    device = ImageFolderDataModule(tmp_path, in_memory=True, augment=Augmentation(on_device=True), batch_size=6)
     for dm in (per_image, device):
         dm.setup("fit")
     assert device.datasets["train"].transform is None and device.datasets["train"].batched
@@ -115,8 +115,8 @@ def test_datamodule_device_pipeline_equals_the_per_image_one_on_eval_batches(tmp
 def test_device_pipeline_needs_in_memory_cifar_preset(tmp_path):
     from data_fixtures import write_image_folder
 
-    from crl_lightning.data import ImageFolderDataModule
+    from crl_lightning.data import Augmentation, ImageFolderDataModule
 
     write_image_folder(tmp_path, {"train": 2, "test": 1})
-    with pytest.raises(ValueError, match="augment_on_device: expected in_memory: true, preset: cifar"):
-        ImageFolderDataModule(tmp_path, augment_on_device=True)
+    with pytest.raises(ValueError, match="augment.on_device: expected in_memory: true, preset: cifar"):
+        ImageFolderDataModule(tmp_path, augment=Augmentation(on_device=True))

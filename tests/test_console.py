@@ -27,7 +27,7 @@ from PIL import Image
 
 from crl_lightning.cli import check_checkpoint, main
 from crl_lightning.console import error_message
-from crl_lightning.data import DigitsDataModule
+from crl_lightning.data import Augmentation, DigitsDataModule
 from crl_lightning.runs import PREDICTIONS_FILENAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,14 +159,14 @@ def test_predict_on_a_folder_of_unlabelled_images(demo, tmp_path):
 
 
 def test_predict_dir_batches_equal_the_test_split_on_the_device_too(tmp_path):
-    """With ``augment_on_device`` the folder's images arrive as uint8 and are normalised as the test split's."""
+    """With ``augment.on_device`` the folder's images arrive as uint8 and are normalised as the test split's."""
     reference = DigitsDataModule()
     reference.setup("test")
     for i in range(4):
         Image.fromarray(reference.datasets["test"].dataset.images[i, 0].numpy()).save(tmp_path / f"{i}.png")
     expected = torch.stack([reference.datasets["test"][i][0] for i in range(4)])
     for on_device in (False, True):
-        data = DigitsDataModule(augment_on_device=on_device, predict_dir=tmp_path)
+        data = DigitsDataModule(augment=Augmentation(on_device=on_device), predict_dir=tmp_path)
         data.setup("predict")
         images, target = data.on_after_batch_transfer(next(iter(data.predict_dataloader())), 0)
         torch.testing.assert_close(images, expected)
@@ -251,7 +251,8 @@ def test_check_checkpoint_reads_every_record(tmp_path):
 @pytest.mark.usefixtures("plain_argv")
 @pytest.mark.parametrize(("args", "line"), [
     (["--trainer.max_epochs", "abc"], "trainer.max_epochs: expected int, got 'abc'"),
-    (["--data.init_args.batch_sizee", "3"], "data: Option 'batch_sizee' is not accepted"),
+    (["--data.init_args.batch_sizee", "3"],
+     "data.init_args.batch_sizee: unknown option (did you mean data.init_args.batch_size?)"),
     (["--model.init_args.criterion", "CrossEntropyLoss"], "model.init_args.criterion: Multiple subclasses with name "
      "CrossEntropyLoss. Give the full class path to avoid ambiguity: torch.nn.CrossEntropyLoss, "
      "crl_lightning.losses.CrossEntropyLoss. (got 'CrossEntropyLoss')"),

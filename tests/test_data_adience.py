@@ -156,7 +156,7 @@ def test_missing_image_names_file_and_how_to_get_adience(adience):
     path = root / "faces" / row["user_id"] / f"coarse_tilt_aligned_face.{row['face_id']}.{row['original_image']}"
     path.unlink()
     dm = AdienceDataModule(root, fold=2, val_split=0.0)
-    with pytest.raises(FileNotFoundError, match=rf"1 of 16 face images are missing.*{path.name}.*license-gated"):
+    with pytest.raises(FileNotFoundError, match=rf"face images: 1 of 16 are missing.*{path.name}.*license-gated"):
         dm.setup("test")
 
 
@@ -173,7 +173,7 @@ def test_landmark_aligned_images_and_separate_folds_dir(adience, tmp_path):
         path.rename(target)
     with pytest.raises(FileNotFoundError, match=r"expected the fold file .*adience/fold_0_data\.txt"):
         AdienceDataModule(root, val_split=0.0).setup("test")
-    with pytest.raises(FileNotFoundError, match=r"16 of 16 face images are missing.*faces/<user_id>/coarse_tilt"):
+    with pytest.raises(FileNotFoundError, match=r"face images: 16 of 16 are missing.*faces/<user_id>/coarse_tilt"):
         AdienceDataModule(root, folds_dir=folds, val_split=0.0).setup("test")
     dm = AdienceDataModule(root, folds_dir=folds, image_set="landmark_aligned", val_split=0.0, image_size=8)
     dm.setup("test")

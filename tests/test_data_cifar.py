@@ -9,7 +9,7 @@ import torch
 from cifar_fixtures import CIFAR100_COARSE_OF_FINE, trust_fixture_md5, write_cifar10, write_cifar100
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from crl_lightning.data import CIFAR10DataModule, CIFAR100DataModule
+from crl_lightning.data import Augmentation, CIFAR10DataModule, CIFAR100DataModule
 
 
 @pytest.fixture
@@ -80,9 +80,12 @@ def test_corrupt_and_missing_files_are_told_apart(tmp_path, monkeypatch):
 
 
 def test_device_pipeline_crops_flips_and_normalises_training_batches(tmp_path, monkeypatch):
-    root = write_cifar10(tmp_path)
+    """The fixture has no black pixel (``min_pixel=1``), so a pixel at the normalised black level can only be
+    padding: guards against the padding check being met by dark fixture pixels while the crop never pads (or pads
+    somewhere other than a border frame of at most 4 rows and columns)."""
+    root = write_cifar10(tmp_path, min_pixel=1)
     trust_fixture_md5(monkeypatch, CIFAR10, root)
-    dm = CIFAR10DataModule(root, augment_on_device=True, batch_size=20)
+    dm = CIFAR10DataModule(root, augment=Augmentation(on_device=True), batch_size=20)
     dm.setup("fit")
     assert dm.batch_augment() == (4, True)
     images, target = next(iter(dm.train_dataloader()))
@@ -98,5 +101,13 @@ def test_device_pipeline_crops_flips_and_normalises_training_batches(tmp_path, m
     mean = torch.tensor(CIFAR10DataModule.stats[0]).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10DataModule.stats[1]).view(1, 3, 1, 1)
     padding_value = (0 - mean) / std  # black padding, normalised
-    assert bool((out == padding_value).any())  # some crops reach into the padding
+    assert not bool((((images.float() / 255 - mean) / std) == padding_value).any())  # no padding-like pixel in the data
+    pad = (out == padding_value).all(dim=1)  # (N, H, W): every channel at the black level
+    assert bool(pad.any())  # some crops reach into the padding
+    for mask in pad:  # the padding is a frame: whole rows at the top or bottom, whole columns left or right
+        rows, cols = mask.all(dim=1), mask.all(dim=0)
+        assert torch.equal(mask, rows[:, None] | cols[None, :])
+        for line in (rows, cols):
+            k = int(line.sum())
+            assert k <= 4 and (bool(line[:k].all()) or bool(line[32 - k:].all()))
     assert not torch.allclose(out, (images.float() / 255 - mean) / std)  # training batches are augmented

@@ -95,7 +95,7 @@ def test_missing_metadata_names_file_and_source(tmp_path):
 
 def test_missing_image_files_are_listed(cub):
     (cub / "images" / "002.Laysan_Albatross").rename(cub / "moved")
-    with pytest.raises(FileNotFoundError, match=r"3 of 9 train images .* are missing.*Laysan"):
+    with pytest.raises(FileNotFoundError, match=r"train images .*: 3 of 9 are missing.*Laysan"):
         CUB2011(cub, "train")
 
 

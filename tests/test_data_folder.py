@@ -12,7 +12,7 @@ from data_fixtures import truncate, write_image_folder
 from torchvision.transforms import v2
 
 from crl_lightning.data import ImageFolderDataModule, class_balanced_subset
-from crl_lightning.data.base import CorruptImageError
+from crl_lightning.data.datasets import CorruptImageError
 
 SORTED = ["Zebra", "apple", "mango"]
 

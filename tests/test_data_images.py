@@ -10,7 +10,7 @@ from data_fixtures import truncate, write_imagenet, write_jpeg
 from torch.utils.data import DataLoader
 
 from crl_lightning.data import CorruptImageError, DigitsDataModule, ImageFileDataset, ImageNetDataModule
-from crl_lightning.data.base import TransformedSubset, load_rgb_image, skip_none_collate
+from crl_lightning.data.datasets import TransformedSubset, load_rgb_image, skip_none_collate
 
 
 def test_load_rgb_image_converts_modes(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from data_fixtures import trust_svhn_md5, write_svhn_mat
 from scipy.io import savemat
 
-from crl_lightning.data import SVHNDataModule, load_svhn
+from crl_lightning.data import Augmentation, SVHNDataModule, load_svhn
 
 TRAIN_LABELS = [1, 2, 10, 10, 5, 9, 3]  # file labels; 10 is the digit 0
 TEST_LABELS = [10, 3, 4]
@@ -130,7 +130,7 @@ def test_failed_download_says_what_to_fetch(tmp_path, monkeypatch):
 
 def test_device_pipeline_gives_uint8_batches_normalised_on_transfer(svhn_root):
     root, images = svhn_root
-    dm = SVHNDataModule(root, use_extra=False, augment_on_device=True, batch_size=7)
+    dm = SVHNDataModule(root, use_extra=False, augment=Augmentation(on_device=True), batch_size=7)
     dm.setup("fit")
     raw = next(iter(dm.val_dataloader()))
     assert raw[0].dtype == torch.uint8 and raw[0].shape == (3, 3, 32, 32)

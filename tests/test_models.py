@@ -173,7 +173,7 @@ def test_an_unknown_backbone_name_suggests_close_names(name, message):
         create_backbone("timm:no_such_net", 10)
 
 
-# ----- pretrained weights: local only --------------------------------------------------------------
+# ----- pretrained weights: the libraries' caches and downloads, tested offline ----------------------
 @pytest.fixture
 def empty_caches(tmp_path, monkeypatch):
     """Point the Hugging Face and torch hub caches at empty folders and make any socket connection fail."""
@@ -182,6 +182,7 @@ def empty_caches(tmp_path, monkeypatch):
     hf, hub = tmp_path / "hf", tmp_path / "torch_hub"
     hf.mkdir()
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(hub))
 
@@ -194,8 +195,17 @@ def empty_caches(tmp_path, monkeypatch):
     torch.hub.set_dir(previous)
 
 
-def test_timm_pretrained_missing_fails_fast_and_says_where(empty_caches):
-    hf, hub = empty_caches
+@pytest.fixture
+def offline(empty_caches, monkeypatch):
+    """`empty_caches` with ``HF_HUB_OFFLINE=1`` (as ``huggingface_hub.constants`` reads it at import)."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    return empty_caches
+
+
+def test_timm_pretrained_missing_offline_fails_fast_and_says_where(offline):
+    hf, hub = offline
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError) as info:
         create_backbone("timm:resnet18", 10, pretrained=True)
@@ -203,13 +213,75 @@ def test_timm_pretrained_missing_fails_fast_and_says_where(empty_caches):
     message = str(info.value)
     assert str(hf) in message and "timm/resnet18.a1_in1k/model.safetensors" in message
     assert str(hub / "checkpoints" / "resnet18_a1_0-d63eafa0.pth") in message
-    assert "Downloads are disabled" in message
+    assert "Offline (HF_HUB_OFFLINE=1), nothing is downloaded" in message
 
 
-def test_torchvision_pretrained_missing_fails_fast_and_says_where(empty_caches):
-    _, hub = empty_caches
+def test_torchvision_pretrained_missing_offline_fails_fast_and_says_where(offline):
+    _, hub = offline
     with pytest.raises(FileNotFoundError, match=str(hub / "checkpoints" / "resnet34-b627a593.pth")):
         create_backbone("torchvision:resnet34", 10, pretrained=True)
+
+
+def test_timm_pretrained_downloads_through_timms_hub_code_into_the_hf_cache(empty_caches, monkeypatch):
+    """Not in the caches and online: ``timm.create_model(pretrained=True)`` fetches the file (stood in for here)."""
+    import timm.models._hub
+
+    hf, _ = empty_caches
+    torch.manual_seed(4)
+    source = create_backbone("timm:resnet18", 1000)
+    asked = []
+
+    def hf_hub_download(repo_id, filename, revision=None, cache_dir=None, **kwargs):
+        asked.append((repo_id, filename))
+        return str(_fake_hf_snapshot(hf, repo_id, source.state_dict()))
+
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", hf_hub_download)
+    model = create_backbone("timm:resnet18", 10, pretrained=True)
+    assert asked == [("timm/resnet18.a1_in1k", "model.safetensors")]
+    assert torch.equal(model.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
+    assert model.fc.weight.shape == (10, 512)
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", None)  # now in the cache: no second download
+    assert torch.equal(create_backbone("timm:resnet18", 10, pretrained=True).conv1.weight, source.conv1.weight)
+
+
+def test_torchvision_pretrained_downloads_through_torchvisions_hub_code(empty_caches, monkeypatch):
+    import torchvision.models._api
+
+    torch.manual_seed(5)
+    source = create_backbone("torchvision:resnet34", 1000)
+    asked = []
+
+    def load_state_dict_from_url(url, **kwargs):
+        asked.append((url, kwargs))
+        return source.state_dict()
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", load_state_dict_from_url)
+    model = create_backbone("torchvision:resnet34", 200, pretrained=True)
+    assert asked == [("https://download.pytorch.org/models/resnet34-b627a593.pth",
+                      {"progress": True, "check_hash": True})]
+    assert torch.equal(model.layer3[5].conv2.weight, source.layer3[5].conv2.weight)
+    assert model.fc.weight.shape == (200, 512)
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:resnet34"])
+def test_a_failed_download_fails_at_once_naming_every_path_tried(name, empty_caches, monkeypatch):
+    import timm.models._hub
+    import torchvision.models._api
+
+    _, hub = empty_caches
+
+    def no_connection(*args, **kwargs):
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", no_connection)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_connection)
+    with pytest.raises(FileNotFoundError) as info:
+        create_backbone(name, 10, pretrained=True)
+    message = str(info.value)
+    file = "resnet18_a1_0-d63eafa0.pth" if name.startswith("timm") else "resnet34-b627a593.pth"
+    assert str(hub / "checkpoints" / file) in message
+    assert "The download failed (OSError: [Errno 101] Network is unreachable)" in message
+    assert isinstance(info.value.__cause__, OSError)
 
 
 def _fake_hf_snapshot(hf: Path, repo: str, state: dict) -> Path:

@@ -27,7 +27,7 @@ def _fit(root: Path, epochs: int, *extra: str):
     return build_cli(["fit", "--config", DIGITS, "--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches",
                       "4", "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
                       "--test_after_fit", "false", "--model.init_args.lr_scheduler.init_args.milestones", "[2, 3]",
-                      "--data.init_args.mixup_alpha", "0.4", "--trainer.default_root_dir", str(root), *extra])
+                      "--data.init_args.augment.mixup_alpha", "0.4", "--trainer.default_root_dir", str(root), *extra])
 
 
 def test_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -31,7 +31,7 @@ class RandomState(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         # tensors, ints and lists only: checkpoints load with torch.load(weights_only=True)
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
         version, internal, gauss_next = random.getstate()
         return {"torch": torch.get_rng_state(), "cuda": cuda,
                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],

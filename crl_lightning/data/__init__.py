@@ -1,16 +1,11 @@
 """LightningDataModules for the paper's datasets and the offline digits demo."""
 
 from crl_lightning.data.adience import AdienceDataModule, AdienceFaces
-from crl_lightning.data.base import (
-    CorruptImageError,
-    ImageDataModule,
-    ImageFileDataModule,
-    ImageFileDataset,
-    TensorImageDataset,
-    TransformedSubset,
-)
+from crl_lightning.data.augment import Augmentation
+from crl_lightning.data.base import ImageDataModule, ImageFileDataModule
 from crl_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from crl_lightning.data.cub import CUB2011, CUB200DataModule
+from crl_lightning.data.datasets import CorruptImageError, ImageFileDataset, TensorImageDataset, TransformedSubset
 from crl_lightning.data.digits import DigitsDataModule
 from crl_lightning.data.folder import ImageFolderDataModule
 from crl_lightning.data.imagenet import ImageNetDataModule
@@ -25,6 +20,7 @@ from crl_lightning.data.svhn import SVHNDataModule, load_svhn
 __all__ = [
     "AdienceDataModule",
     "AdienceFaces",
+    "Augmentation",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "CUB200DataModule",

@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset
+from crl_lightning.data.base import ImageFileDataModule
+from crl_lightning.data.datasets import BadImagePolicy, ImageFileDataset, check_files_exist
 from crl_lightning.data.splits import check_subject_exclusive, subject_kfold, subject_train_val_split
 
 __all__ = [
@@ -265,12 +266,8 @@ class AdienceFaces(ImageFileDataset):
         base = Path(root) / folder
         paths = [base / f.user_id / f"{prefix}.{f.face_id}.{f.original_image}" for f in faces]
         if check_files:
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"Adience: {len(missing)} of {len(paths)} face images are missing, e.g. {missing[:3]} "
-                    f"(expected {folder}/<user_id>/{prefix}.<face_id>.<original_image>). {ADIENCE_HOWTO}"
-                )
+            check_files_exist(paths, "Adience: face images",
+                              f"expected {folder}/<user_id>/{prefix}.<face_id>.<original_image>. {ADIENCE_HOWTO}")
         super().__init__(paths, labels, bad_images)
         self.faces = faces
         self.groups = [f.user_id for f in faces]
@@ -311,21 +308,10 @@ class AdienceDataModule(ImageFileDataModule):
         redraw_folds: re-draw the five folds with `subject_kfold` instead of using the official ones.
         image_set: ``"coarse_tilt_aligned"`` (``faces/``) or ``"landmark_aligned"`` (``aligned/``).
         folds_dir: folder with ``fold_{k}_data.txt`` when not ``data_dir``.
-        image_size: side of the square network input, pixels.
-        resize_size: short side before cropping (default ``round(image_size * 8 / 7)``, 256 for 224).
-        bad_images: ``"raise"`` or ``"skip"`` undecodable image files (skips are counted and logged).
-        batch_size: per-process batch size.
-        num_workers: DataLoader workers.
-        pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs.
-        seed: seed of the validation split (and of re-drawn folds).
         val_split: fraction in ``[0, 0.5]`` of the training faces held out, by subject, for validation.
-        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
-        rand_augment: RandAugment per training image (see `ImageDataModule`).
-        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
-        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
-        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
-        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
+        **kwargs: the other options of `ImageFileDataModule` (``image_size``; ``resize_size``, here the short
+            side of train and eval images before the crop; ``batch_size``) and `ImageDataModule` (loader
+            options, ``seed``: of the validation split and of re-drawn folds; ``bad_images``, ``augment``).
 
     Raises:
         ValueError: bad arguments; at setup, malformed fold files, unknown age/gender strings, a subject in
@@ -344,27 +330,10 @@ class AdienceDataModule(ImageFileDataModule):
         redraw_folds: bool = False,
         image_set: Literal["coarse_tilt_aligned", "landmark_aligned"] = "coarse_tilt_aligned",
         folds_dir: str | Path | None = None,
-        image_size: int = 224,
-        resize_size: int | None = None,
-        bad_images: BadImagePolicy = "raise",
-        batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
         val_split: float = 0.1,
-        trivial_augment: bool = False,
-        rand_augment: bool = False,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        predict_dir: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
-                         persistent_workers, seed, val_split,
-                         trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         predict_dir=predict_dir)
+        super().__init__(data_dir, val_split=val_split, **kwargs)
         checks = {
             "task": (task, ("age", "gender")),
             "age_policy": (age_policy, ("drop", "nearest")),
@@ -428,7 +397,7 @@ class AdienceDataModule(ImageFileDataModule):
             fold_of = np.asarray([f.fold for f in faces], dtype=np.int64)
         test_idx = np.flatnonzero(fold_of == self.fold)
         train_idx = np.flatnonzero(fold_of != self.fold)
-        check_subject_exclusive(groups, train_idx, test_idx, ("train", f"test fold {self.fold}"))
+        check_subject_exclusive(groups, train_idx.tolist(), test_idx.tolist(), ("train", f"test fold {self.fold}"))
         val_idx = np.empty(0, dtype=np.int64)
         if self.val_split > 0:
             tr, va = subject_train_val_split(

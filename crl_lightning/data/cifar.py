@@ -5,14 +5,15 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import ImageDataModule, TensorImageDataset, explain_download_failure
+from crl_lightning.data.base import ImageDataModule
+from crl_lightning.data.datasets import TensorImageDataset, explain_download_failure
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule"]
 
@@ -24,25 +25,15 @@ class CIFAR10DataModule(ImageDataModule):
     ``batches.meta``), as extracted from ``cifar-10-python.tar.gz``; torchvision reads it and checks every
     file's MD5. ``download=True`` fetches it in `prepare_data` (rank 0 only). The images are kept in memory
     as one uint8 (N, 3, 32, 32) tensor per split. Training uses the paper's pad-4 random crop + horizontal
-    flip, per image (torchvision v2) or, with ``augment_on_device``, on whole batches on the device.
+    flip, per image (torchvision v2) or, with ``augment.on_device``, on whole uint8 batches on the device they
+    are moved to (`crl_lightning.data.batch_transforms`, same distribution as the per-image pipeline).
+    Validation runs on the test split (as the paper) unless ``val_split`` holds out part of train.
 
     Args:
         data_dir: folder that holds (or will hold) ``cifar-10-batches-py``.
         download: download the archive in `prepare_data` when missing.
         batch_size: per-process batch size (paper: 256).
-        num_workers: DataLoader workers.
-        pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs.
-        seed: seed of the optional val split.
-        val_split: fraction of train held out for validation; 0 validates on test (as the paper).
-        augment_on_device: crop, flip and normalise whole uint8 batches on the device they are moved to
-            (`crl_lightning.data.batch_transforms`, same distribution as the per-image pipeline).
-        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
-        rand_augment: RandAugment per training image (see `ImageDataModule`).
-        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
-        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
-        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
-        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
+        **kwargs: the other options of `ImageDataModule` (loader options, ``val_split``, ``augment``, ...).
 
     Raises:
         FileNotFoundError: at setup, when the files are missing and ``download`` is off; the message
@@ -57,27 +48,9 @@ class CIFAR10DataModule(ImageDataModule):
     stats = T.CIFAR10_STATS
 
     def __init__(
-        self,
-        data_dir: str | Path = "data",
-        download: bool = False,
-        batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
-        val_split: float = 0.0,
-        augment_on_device: bool = False,
-        trivial_augment: bool = False,
-        rand_augment: bool = False,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        predict_dir: str | Path | None = None,
+        self, data_dir: str | Path = "data", download: bool = False, batch_size: int = 256, **kwargs: Any
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
-                         augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         predict_dir=predict_dir)
+        super().__init__(data_dir, batch_size=batch_size, **kwargs)
         self.download = download
 
     def prepare_data(self) -> None:
@@ -149,22 +122,9 @@ class CIFAR100DataModule(CIFAR10DataModule):
     arguments, augmentation and errors as `CIFAR10DataModule`.
 
     Args:
-        target_type: ``"fine"`` (100 classes, the paper's) or ``"coarse"`` (20 superclasses).
         data_dir: folder that holds (or will hold) ``cifar-100-python``.
-        download: download the archive in `prepare_data` when missing.
-        batch_size: per-process batch size (paper: 256).
-        num_workers: DataLoader workers.
-        pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs.
-        seed: seed of the optional val split.
-        val_split: fraction of train held out for validation; 0 validates on test (as the paper).
-        augment_on_device: crop, flip and normalise whole batches on the device.
-        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
-        rand_augment: RandAugment per training image (see `ImageDataModule`).
-        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
-        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
-        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
-        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
+        target_type: ``"fine"`` (100 classes, the paper's) or ``"coarse"`` (20 superclasses).
+        **kwargs: the other options of `CIFAR10DataModule` (``download``, ``batch_size``, ...).
 
     Raises:
         ValueError: an unknown ``target_type``; at setup, see `CIFAR10DataModule`.
@@ -177,28 +137,9 @@ class CIFAR100DataModule(CIFAR10DataModule):
     stats = T.CIFAR100_STATS
 
     def __init__(
-        self,
-        data_dir: str | Path = "data",
-        target_type: Literal["fine", "coarse"] = "fine",
-        download: bool = False,
-        batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
-        val_split: float = 0.0,
-        augment_on_device: bool = False,
-        trivial_augment: bool = False,
-        rand_augment: bool = False,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        predict_dir: str | Path | None = None,
+        self, data_dir: str | Path = "data", target_type: Literal["fine", "coarse"] = "fine", **kwargs: Any
     ) -> None:
-        super().__init__(data_dir, download, batch_size, num_workers, pin_memory, persistent_workers, seed,
-                         val_split, augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         predict_dir=predict_dir)
+        super().__init__(data_dir, **kwargs)
         if target_type not in ("fine", "coarse"):
             raise ValueError(f"target_type: expected 'fine' or 'coarse', got {target_type!r}")
         self.target_type = target_type

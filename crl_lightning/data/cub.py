@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
 
-from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset
+from crl_lightning.data.base import ImageFileDataModule
+from crl_lightning.data.datasets import BadImagePolicy, ImageFileDataset, check_files_exist
 
 __all__ = [
     "CUB2011",
@@ -143,7 +146,7 @@ def read_cub_boxes(root: str | Path) -> dict[int, tuple[float, float, float, flo
 
 
 def _check_same_ids(
-    reference: dict[int, object], other: dict[int, object], ref_name: str, other_name: str
+    reference: Mapping[int, object], other: Mapping[int, object], ref_name: str, other_name: str
 ) -> None:
     if reference.keys() != other.keys():
         only_ref = sorted(reference.keys() - other.keys())
@@ -221,12 +224,8 @@ class CUB2011(ImageFileDataset):
             self.boxes = [all_boxes[i] for i in ids]
         paths = [root / "images" / images[i] for i in ids]
         if check_files:
-            missing = [str(p) for p in paths if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"CUB-200-2011: {len(missing)} of {len(paths)} {split} images listed in images.txt are "
-                    f"missing, e.g. {missing[:3]}; re-extract {CUB_URL} into {root.parent}"
-                )
+            check_files_exist(paths, f"CUB-200-2011: {split} images listed in images.txt",
+                              f"re-extract {CUB_URL} into {root.parent}")
         super().__init__(paths, [labels[i] for i in ids], bad_images)
         self.image_ids = ids
         self.root, self.split, self.crop_to_bbox = root, split, crop_to_bbox
@@ -270,24 +269,9 @@ class CUB200DataModule(ImageFileDataModule):
     Args:
         data_dir: ``CUB_200_2011`` folder or the folder holding it.
         crop_to_bbox: crop every image (train and test) to its annotated bounding box first.
-        image_size: side of the square network input, pixels.
-        resize_size: eval short-side resize before the center crop (default ``round(image_size * 8 / 7)``,
-            256 for 224).
-        bad_images: ``"raise"`` (default) or ``"skip"`` undecodable image files (skips are counted
-            and logged).
-        batch_size: per-process batch size (paper: 64).
-        num_workers: DataLoader workers.
-        pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs.
-        seed: seed of the optional validation split.
-        val_split: fraction of the training images held out for validation (stratified by class);
-            0 validates on the test split.
-        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
-        rand_augment: RandAugment per training image (see `ImageDataModule`).
-        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
-        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
-        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
-        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
+        **kwargs: the options of `ImageFileDataModule` (``image_size``, ``resize_size``, ``batch_size``: paper
+            64) and `ImageDataModule` (loader options, ``val_split``: 0 validates on the test split;
+            ``bad_images``, ``augment``).
 
     Raises:
         ValueError: ``image_size < 1``, or (at setup) malformed metadata.
@@ -296,31 +280,8 @@ class CUB200DataModule(ImageFileDataModule):
 
     num_classes = CUB_NUM_CLASSES
 
-    def __init__(
-        self,
-        data_dir: str | Path = "data",
-        crop_to_bbox: bool = False,
-        image_size: int = 224,
-        resize_size: int | None = None,
-        bad_images: BadImagePolicy = "raise",
-        batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
-        val_split: float = 0.0,
-        trivial_augment: bool = False,
-        rand_augment: bool = False,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        predict_dir: str | Path | None = None,
-    ) -> None:
-        super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
-                         persistent_workers, seed, val_split,
-                         trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         predict_dir=predict_dir)
+    def __init__(self, data_dir: str | Path = "data", crop_to_bbox: bool = False, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
         self.crop_to_bbox = crop_to_bbox
 
     @property

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import ImageDataModule, TensorImageDataset
+from crl_lightning.data.base import ImageDataModule
+from crl_lightning.data.datasets import TensorImageDataset
 
 __all__ = ["DigitsDataModule"]
 
@@ -26,23 +25,14 @@ class DigitsDataModule(ImageDataModule):
     ``test_split`` of the images for test and ``val_split`` of the rest for validation (defaults give
     1,293 / 144 / 360). The images are held as uint8 (N, 1, 8, 8) tensors (pixels 0..16 times 15) and
     standardised with the training split's mean and std (no augmentation), per image or, with
-    ``augment_on_device``, on whole batches on the device.
+    ``augment.on_device``, on whole batches on the device.
 
     Args:
         batch_size: samples per batch.
-        num_workers: DataLoader workers (0 is fastest for this in-memory data).
-        pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs.
-        seed: seed of both splits.
         val_split: fraction of the non-test images held out for validation.
         test_split: fraction of all images held out for test.
-        augment_on_device: normalise whole uint8 batches on the device instead of per image.
-        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
-        rand_augment: RandAugment per training image (see `ImageDataModule`).
-        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
-        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
-        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
-        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
+        **kwargs: the other options of `ImageDataModule` (``seed``, the seed of both splits; ``num_workers``,
+            0 is fastest for this in-memory data; ``augment``, ...); not ``data_dir`` (there are no files).
 
     Raises:
         ValueError: ``test_split`` outside (0, 1), or any base-class argument error.
@@ -53,27 +43,8 @@ class DigitsDataModule(ImageDataModule):
     #: Class names: the digits themselves.
     classes = [str(d) for d in range(10)]
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
-        val_split: float = 0.1,
-        test_split: float = 0.2,
-        augment_on_device: bool = False,
-        trivial_augment: bool = False,
-        rand_augment: bool = False,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        predict_dir: str | Path | None = None,
-    ) -> None:
-        super().__init__(".", batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
-                         augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         predict_dir=predict_dir)
+    def __init__(self, batch_size: int = 64, val_split: float = 0.1, test_split: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(".", batch_size=batch_size, val_split=val_split, **kwargs)
         if not 0.0 < test_split < 1.0:
             raise ValueError(f"test_split: expected a fraction in (0, 1), got {test_split}")
         self.test_split = test_split
@@ -81,6 +52,9 @@ class DigitsDataModule(ImageDataModule):
 
     def build_dataset(self, split: str) -> TensorImageDataset:
         if self._splits is None:
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
+
             digits = load_digits()
             images = torch.from_numpy((digits.images * PIXEL_SCALE).astype(np.uint8)[:, None])  # (1797, 1, 8, 8)
             targets = digits.target.astype(np.int64)
@@ -98,7 +72,7 @@ class DigitsDataModule(ImageDataModule):
         return self._splits[split]
 
     def train_transform(self) -> Callable:
-        return T.to_normalized_tensor(self.stats)
+        return T.to_normalized_tensor(self.normalization())
 
     def eval_transform(self) -> Callable:
-        return T.to_normalized_tensor(self.stats)
+        return T.to_normalized_tensor(self.normalization())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -14,15 +14,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import (
-    BadImagePolicy,
+from crl_lightning.data.base import ImageDataModule
+from crl_lightning.data.datasets import (
     CorruptImageError,
-    ImageDataModule,
     ImageFileDataset,
     TensorImageDataset,
     TransformedSubset,
     is_image_file,
-    skip_none_collate,
 )
 from crl_lightning.data.splits import class_balanced_subset
 
@@ -154,19 +152,25 @@ def channel_stats(dataset: Dataset) -> tuple[list[float], list[float]]:
 
     Returns:
         ``(mean, std)``, one float per channel, fractions of the full 0-255 range.
+
+    Raises:
+        ValueError: no readable image in ``dataset``.
     """
+    batches: Iterable[torch.Tensor]
     if isinstance(dataset, TensorImageDataset):
         batches = [dataset.images]
     else:
-        samples = (dataset[i] for i in range(len(dataset)))
+        samples = (dataset[i] for i in range(len(cast(Sized, dataset))))
         batches = (v2.functional.to_image(s[0])[None] for s in samples if s is not None)
-    total = total_sq = None
+    total = total_sq = torch.zeros(())
     count = 0
     for batch in batches:
         x = batch.to(torch.float64).div_(255.0)
         s, sq = x.sum(dim=(0, 2, 3)), x.square().sum(dim=(0, 2, 3))
-        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        total, total_sq = (s, sq) if count == 0 else (total + s, total_sq + sq)
         count += x.shape[0] * x.shape[2] * x.shape[3]
+    if count == 0:
+        raise ValueError("dataset: expected at least one readable image, got none")
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
     return mean.tolist(), std.tolist()
@@ -202,23 +206,11 @@ class ImageFolderDataModule(ImageDataModule):
             subset drawn after the validation split); ``None`` keeps all.
         in_memory: decode the images once into a uint8 (N, 3, H, W) tensor (all images must share one
             size; 60,000 32x32 images take 184 MB) instead of reading files every epoch.
-        augment_on_device: with ``in_memory`` and the ``cifar`` preset at native size: no per-image
-            transform; uint8 batches are cropped, flipped and normalised as whole batches on the device
-            they are moved to (`crl_lightning.data.batch_transforms`; same distribution as the per-image
-            pipeline).
-        bad_images: ``"raise"`` (default) or ``"skip"`` undecodable files (skips are counted and logged).
-        batch_size: samples per batch, per process.
-        num_workers: DataLoader worker processes.
-        pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs.
-        seed: seed of the validation split and of the ``train_per_class`` subset.
-        val_split: fraction of ``train/`` held out for validation when there is no ``val/`` folder.
-        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
-        rand_augment: RandAugment per training image (see `ImageDataModule`).
-        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
-        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
-        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
-        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
+        **kwargs: the options of `ImageDataModule`: loader options (``seed``: of the validation split and of
+            the ``train_per_class`` subset; ``val_split``: of ``train/`` when there is no ``val/`` folder),
+            ``bad_images`` (skips are counted and logged), ``augment`` (``on_device`` needs ``in_memory``
+            and the ``cifar`` preset at native size: uint8 batches are then cropped, flipped and normalised
+            as whole batches on the device they are moved to, with the distribution of the per-image pipeline).
 
     Raises:
         FileNotFoundError: ``data_dir/train`` is missing (at construction: the class count is needed to build
@@ -237,28 +229,12 @@ class ImageFolderDataModule(ImageDataModule):
         std: list[float] | None = None,
         train_per_class: int | None = None,
         in_memory: bool = False,
-        bad_images: BadImagePolicy = "raise",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
-        val_split: float = 0.0,
-        augment_on_device: bool = False,
-        trivial_augment: bool = False,
-        rand_augment: bool = False,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        predict_dir: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
-                         augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         predict_dir=predict_dir)
-        if augment_on_device and not (in_memory and preset == "cifar" and image_size is None):
+        super().__init__(data_dir, **kwargs)
+        if self.augment.on_device and not (in_memory and preset == "cifar" and image_size is None):
             raise ValueError(
-                "augment_on_device: expected in_memory: true, preset: cifar and no image_size (native size), got "
+                "augment.on_device: expected in_memory: true, preset: cifar and no image_size (native size), got "
                 f"in_memory={in_memory}, preset={preset!r}, image_size={image_size}"
             )
         if preset not in ("cifar", "imagenet"):
@@ -274,12 +250,10 @@ class ImageFolderDataModule(ImageDataModule):
             raise ValueError(f"std: expected positive values, got {std}")
         if train_per_class is not None and train_per_class < 1:
             raise ValueError(f"train_per_class: expected >= 1 (or null for all), got {train_per_class}")
-        if bad_images not in ("raise", "skip"):
-            raise ValueError(f"bad_images: expected 'raise' or 'skip', got {bad_images!r}")
         self.preset, self.image_size, self.train_per_class = preset, image_size, train_per_class
         self._native_size: tuple[int, int] | None = None
-        self.in_memory, self.bad_images = in_memory, bad_images
-        self.stats: T.Stats | None = None if mean is None else (tuple(mean), tuple(std))
+        self.in_memory = in_memory
+        self.stats: T.Stats | None = None if mean is None or std is None else (tuple(mean), tuple(std))
         _, _, self.classes = list_image_folder(self.data_dir / "train")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.num_classes = len(self.classes)
@@ -293,54 +267,43 @@ class ImageFolderDataModule(ImageDataModule):
         paths, targets, _ = list_image_folder(self.data_dir / split, self.class_to_idx)
         return ImageFileDataset(paths, targets, self.bad_images)
 
+    def wrap_dataset(self, split: str, dataset: Dataset, indices: Sequence[int] | None = None) -> TransformedSubset:
+        """The ``split`` samples at ``indices`` of ``dataset``, subset, held and normalised as the options say.
+
+        For ``train`` with ``train_per_class``: a seeded class-balanced subset of them. With ``in_memory``:
+        decoded into one uint8 tensor. Normalised with `stats`, which the training split gives when
+        ``mean``/``std`` are not set (the other splits then set the training split up first).
+
+        Raises:
+            TypeError: ``dataset`` is not an `ImageFileDataset` (what `build_dataset` returns).
+        """
+        if not isinstance(dataset, ImageFileDataset):
+            raise TypeError(f"dataset: expected an ImageFileDataset, got {type(dataset).__name__}")
+        if split == "train" and self.train_per_class is not None:
+            indices = class_balanced_subset(dataset.targets, self.train_per_class, self.seed,
+                                            range(len(dataset)) if indices is None else indices)
+        view = self._view(split, dataset, indices)
+        if split == "train":
+            if self._native_size is None and view.indices:
+                self._native_size = self._size_of(view[0])
+            if self.stats is None:
+                mean, std = channel_stats(view)
+                self.stats = (tuple(mean), tuple(std))
+                log.info("%s: normalisation from the %d training images: mean %s, std %s", type(self).__name__,
+                         len(view), [round(m, 4) for m in mean], [round(s, 4) for s in std])
+        elif self.stats is None:
+            self.setup("fit")  # the normalisation comes from the training images
+        view.transform = self.transform(split)
+        return view
+
     def _view(self, split: str, dataset: ImageFileDataset, indices: Sequence[int] | None) -> TransformedSubset:
         """The ``split`` samples at ``indices`` of ``dataset``, decoded into memory when ``in_memory``."""
         if self.in_memory:
-            dataset, indices = decode_to_tensor(dataset, indices), None
+            decoded = decode_to_tensor(dataset, indices)
             log.info("%s: decoded %d %s images into memory (%s uint8, %.1f MB)", type(self).__name__,
-                     len(dataset), split, tuple(dataset.images.shape), dataset.images.numel() / 1e6)
+                     len(decoded), split, tuple(decoded.images.shape), decoded.images.numel() / 1e6)
+            return TransformedSubset(decoded)
         return TransformedSubset(dataset, indices)
-
-    def _setup_fit(self) -> None:
-        train = self.build_dataset("train")
-        train_idx = list(range(len(train)))
-        if self.has_val_split:
-            val = self._view("val", self.build_dataset("val"), None)
-        elif self.val_split > 0:
-            train_idx, val_idx = self.split_indices(train)
-            val = self._view("val", train, val_idx)
-        else:
-            val = self._view("val", self.build_dataset("test"), None)
-            self.datasets["test"] = val
-        if self.train_per_class is not None:
-            train_idx = class_balanced_subset(train.targets, self.train_per_class, self.seed, train_idx)
-        self.datasets["train"] = self._view("train", train, train_idx)
-        self.datasets["val"] = val
-        self._set_transforms()
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in ("fit", "validate", None) and "train" not in self.datasets:
-            self._setup_fit()
-        if stage in ("test", "predict", None) and "test" not in self.datasets:
-            if self.stats is None and "train" not in self.datasets:
-                self._setup_fit()  # the normalisation comes from the training images
-            if "test" not in self.datasets:
-                self.datasets["test"] = self._view("test", self.build_dataset("test"), None)
-            self._set_transforms()
-        if stage == "predict":
-            self._setup_predict()  # after the transforms: it takes the evaluation transform with these stats
-
-    def _set_transforms(self) -> None:
-        if self.stats is None:
-            mean, std = channel_stats(self.datasets["train"])
-            self.stats = (tuple(mean), tuple(std))
-            log.info("%s: normalisation from the %d training images: mean %s, std %s", type(self).__name__,
-                     len(self.datasets["train"]), [round(m, 4) for m in mean], [round(s, 4) for s in std])
-        for split, dataset in self.datasets.items():
-            dataset.transform = self.transform(split)
-
-    def collate_fn(self) -> Callable | None:
-        return skip_none_collate if self.bad_images == "skip" and not self.in_memory else None
 
     def batch_augment(self) -> tuple[int, bool] | None:
         return (4, True) if self.preset == "cifar" else None
@@ -351,18 +314,30 @@ class ImageFolderDataModule(ImageDataModule):
         if self.image_size is not None:
             return self.image_size, self.image_size
         if self._native_size is None:
-            train = self.datasets.get("train")
-            first = train.dataset[train.indices[0]][0] if train is not None else self.build_dataset("train")[0][0]
-            self._native_size = tuple(int(n) for n in v2.functional.to_image(first).shape[-2:])
+            self._native_size = self._size_of(self.build_dataset("train")[0])
         return self._native_size
+
+    @staticmethod
+    def _size_of(sample: tuple[Any, Any] | None) -> tuple[int, int]:
+        """(H, W) of the image (PIL, or a (C, H, W) tensor) of an ``(image, target)`` sample.
+
+        Raises:
+            ValueError: ``sample`` is ``None``: the image was unreadable and skipped (``bad_images="skip"``).
+        """
+        if sample is None:
+            raise ValueError("image_size: expected the first training image to give the native size, got an "
+                             "unreadable one (skipped, bad_images='skip'); set image_size")
+        height, width = v2.functional.to_image(sample[0]).shape[-2:]
+        return int(height), int(width)
 
     def train_transform(self) -> Callable:
         if self.preset == "imagenet":
-            return T.imagenet_train(self.image_size or 224, self.stats)
+            return T.imagenet_train(self.image_size or 224, self.normalization())
         size = self._input_size()
-        return v2.Compose([v2.Resize(size), *T.cifar_train(self.stats, size).transforms])  # no-op at that size
+        # the Resize is a no-op at that size
+        return v2.Compose([v2.Resize(size), *T.cifar_train(self.normalization(), size).transforms])
 
     def eval_transform(self) -> Callable:
         if self.preset == "imagenet":
-            return T.imagenet_eval(self.image_size or 224, stats=self.stats)
-        return v2.Compose([v2.Resize(self._input_size()), T.to_normalized_tensor(self.stats)])
+            return T.imagenet_eval(self.image_size or 224, stats=self.normalization())
+        return v2.Compose([v2.Resize(self._input_size()), T.to_normalized_tensor(self.normalization())])

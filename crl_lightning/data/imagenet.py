@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import find_classes
 
-from crl_lightning.data.base import BadImagePolicy, ImageFileDataModule, ImageFileDataset, is_image_file
+from crl_lightning.data.base import ImageFileDataModule
+from crl_lightning.data.datasets import ImageFileDataset, is_image_file
 from crl_lightning.data.folder import list_image_folder
 
 __all__ = ["ImageNetDataModule", "list_flat_val"]
@@ -110,21 +112,10 @@ class ImageNetDataModule(ImageFileDataModule):
         train_dir: training folder, relative to ``data_dir``.
         val_dir: validation folder, relative to ``data_dir``.
         val_labels: ``LOC_val_solution.csv`` for a flat val folder (default: found automatically).
-        image_size: crop side, pixels.
-        resize_size: eval short-side resize (default ``round(image_size * 8 / 7)``: 256 for 224).
-        bad_images: ``"raise"`` or ``"skip"`` undecodable image files (skips are counted and logged).
         batch_size: per-process batch size (paper: 256).
-        num_workers: DataLoader workers.
-        pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs.
-        seed: seed of the optional validation split.
-        val_split: fraction of train held out for validation (stratified); 0 validates on the val folder.
-        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
-        rand_augment: RandAugment per training image (see `ImageDataModule`).
-        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
-        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
-        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
-        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
+        **kwargs: the other options of `ImageFileDataModule` (``image_size``, ``resize_size``) and
+            `ImageDataModule` (loader options, ``val_split``: 0 validates on the val folder; ``bad_images``,
+            ``augment``).
 
     Raises:
         ValueError: bad arguments; at setup, a class count that differs from ``num_classes``, a val folder
@@ -139,27 +130,10 @@ class ImageNetDataModule(ImageFileDataModule):
         train_dir: str = "train",
         val_dir: str = "val",
         val_labels: str | Path | None = None,
-        image_size: int = 224,
-        resize_size: int | None = None,
-        bad_images: BadImagePolicy = "raise",
         batch_size: int = 256,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
-        val_split: float = 0.0,
-        trivial_augment: bool = False,
-        rand_augment: bool = False,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        predict_dir: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_dir, image_size, resize_size, bad_images, batch_size, num_workers, pin_memory,
-                         persistent_workers, seed, val_split,
-                         trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         predict_dir=predict_dir)
+        super().__init__(data_dir, batch_size=batch_size, **kwargs)
         if num_classes < 1:
             raise ValueError(f"num_classes: expected >= 1, got {num_classes}")
         if val_labels is not None and Path(val_labels).suffix.lower() != ".csv":
@@ -202,8 +176,8 @@ class ImageNetDataModule(ImageFileDataModule):
             raise FileNotFoundError(
                 f"ImageNet: expected the val folder {self.val_dir}, found none. {IMAGENET_HOWTO}"
             )
-        with os.scandir(self.val_dir) as entries:
-            entries = [e for e in entries if not e.name.startswith(".")]
+        with os.scandir(self.val_dir) as scan:
+            entries = [e for e in scan if not e.name.startswith(".")]
             has_dirs = any(e.is_dir() for e in entries)
             has_images = any(e.is_file() and is_image_file(e.name) for e in entries)
         if has_dirs and has_images:

@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Hashable, Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 __all__ = ["check_subject_exclusive", "class_balanced_subset", "subject_kfold", "subject_train_val_split"]
 
@@ -71,8 +70,8 @@ def _check_inputs(targets: Sequence[int], groups: Sequence[Hashable], n_splits: 
 
 def check_subject_exclusive(
     groups: Sequence[Hashable],
-    first: Sequence[int],
-    second: Sequence[int],
+    first: Sequence[int] | np.ndarray,
+    second: Sequence[int] | np.ndarray,
     names: tuple[str, str] = ("train", "test"),
 ) -> None:
     """Raise if a group id occurs both among the samples ``first`` and among ``second``.
@@ -130,6 +129,8 @@ def subject_kfold(
         log.info("subject_kfold: every class has fewer than %d samples; balancing groups by size only", n_splits)
         splits = _group_kfold(group_codes, n_splits, seed if shuffle else None)
     else:
+        from sklearn.model_selection import StratifiedGroupKFold
+
         splitter = StratifiedGroupKFold(n_splits, shuffle=shuffle, random_state=seed if shuffle else None)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*least populated class.*")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.datasets import SVHN as TorchvisionSVHN
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import ImageDataModule, TensorImageDataset, explain_download_failure
+from crl_lightning.data.base import ImageDataModule
+from crl_lightning.data.datasets import TensorImageDataset, explain_download_failure
 
 __all__ = ["SVHNDataModule", "load_svhn"]
 
@@ -74,20 +76,9 @@ class SVHNDataModule(ImageDataModule):
         use_extra: train on train + extra (604,388 images, the paper's setting) instead of train only.
         download: download missing files in `prepare_data` (rank 0, through torchvision).
         batch_size: per-process batch size (paper: 64).
-        num_workers: DataLoader workers.
-        pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs.
-        seed: seed of the optional validation split.
-        val_split: fraction of the training images held out for validation (stratified); 0 validates
-            on test, as the paper reports test curves.
-        augment_on_device: no per-image transform: uint8 batches are normalised on the device they are
-            moved to (`ImageDataModule.on_after_batch_transfer`).
-        trivial_augment: TrivialAugmentWide per training image (see `ImageDataModule`).
-        rand_augment: RandAugment per training image (see `ImageDataModule`).
-        random_erasing: probability of RandomErasing per training image (see `ImageDataModule`).
-        mixup_alpha: MixUp of training batches, 0: off (see `ImageDataModule`).
-        cutmix_alpha: CutMix of training batches, 0: off (see `ImageDataModule`).
-        predict_dir: a folder of images to predict instead of the test split (see `ImageDataModule`).
+        **kwargs: the other options of `ImageDataModule` (loader options, ``val_split``: 0 validates on test, as
+            the paper reports test curves; ``augment``: with ``on_device`` the uint8 batches are normalised on
+            the device they are moved to).
 
     Raises:
         FileNotFoundError: at setup, a ``.mat`` file is missing and ``download`` is off.
@@ -105,23 +96,9 @@ class SVHNDataModule(ImageDataModule):
         use_extra: bool = True,
         download: bool = False,
         batch_size: int = 64,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        seed: int = 0,
-        val_split: float = 0.0,
-        augment_on_device: bool = False,
-        trivial_augment: bool = False,
-        rand_augment: bool = False,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        predict_dir: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, pin_memory, persistent_workers, seed, val_split,
-                         augment_on_device, trivial_augment=trivial_augment, rand_augment=rand_augment,
-                         random_erasing=random_erasing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         predict_dir=predict_dir)
+        super().__init__(data_dir, batch_size=batch_size, **kwargs)
         self.use_extra, self.download = use_extra, download
 
     def _splits(self, split: str) -> tuple[str, ...]:

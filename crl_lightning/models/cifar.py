@@ -27,11 +27,10 @@ Input: the VGGs need H, W >= 32 (five 2x2 max-pools); the ResNets take any H, W 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet as tv_resnet
-from torchvision.models import vgg as tv_vgg
 
 __all__ = ["PreActResNet", "register_backbone", "list_backbones", "BACKBONES"]
 
@@ -61,6 +60,8 @@ def list_backbones() -> list[str]:
 
 
 def _cifar_resnet(arch: str, num_classes: int, in_chans: int) -> nn.Module:
+    from torchvision.models import resnet as tv_resnet
+
     model = getattr(tv_resnet, arch)(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -68,9 +69,7 @@ def _cifar_resnet(arch: str, num_classes: int, in_chans: int) -> nn.Module:
 
 
 for _depth in (18, 34, 50, 101):
-    register_backbone(f"cifar_resnet{_depth}")(
-        lambda num_classes, in_chans, _a=f"resnet{_depth}": _cifar_resnet(_a, num_classes, in_chans)
-    )
+    register_backbone(f"cifar_resnet{_depth}")(partial(_cifar_resnet, f"resnet{_depth}"))
 
 
 class _PreActUnit(nn.Module):
@@ -82,6 +81,9 @@ class _PreActUnit(nn.Module):
 
     expansion = 1
     later: tuple[tuple[str, str], ...] = ()
+    bn1: nn.Module
+    conv1: nn.Module
+    shortcut: nn.Module | None
 
     def _build_shortcut(self, in_planes: int, out: int, stride: int) -> None:
         self.shortcut = nn.Conv2d(in_planes, out, 1, stride, bias=False) if stride != 1 or in_planes != out else None
@@ -162,12 +164,12 @@ class PreActResNet(nn.Module):
 
 
 for _depth, _bottleneck in ((20, False), (56, False), (110, False), (164, True)):
-    register_backbone(f"preact_resnet{_depth}")(
-        lambda num_classes, in_chans, _d=_depth, _b=_bottleneck: PreActResNet(_d, num_classes, in_chans, _b)
-    )
+    register_backbone(f"preact_resnet{_depth}")(partial(PreActResNet, _depth, bottleneck=_bottleneck))
 
 
 def _cifar_vgg(cfg: str, num_classes: int, in_chans: int) -> nn.Module:
+    from torchvision.models import vgg as tv_vgg
+
     layers = tv_vgg.make_layers(tv_vgg.cfgs[cfg], batch_norm=True)
     if in_chans != 3:
         layers[0] = nn.Conv2d(in_chans, 64, kernel_size=3, padding=1)

@@ -1,15 +1,18 @@
 """`create_backbone`: one entry point for bare (paper), ``timm:`` and ``torchvision:`` networks.
 
-Pretrained weights are only ever read from disk: a path you give, timm's local Hugging Face cache or
-the torch hub checkpoint folder. Nothing here opens a network connection, so a missing file fails at
-once with a `FileNotFoundError` that lists every place that was searched.
+``pretrained=True`` takes timm's / torchvision's default weights from their usual caches (the Hugging Face hub
+cache, the torch hub checkpoint folder) and, when they are not there, downloads them into those caches through
+timm's and torchvision's own hub code. Offline (``HF_HUB_OFFLINE=1``), or when the download fails, a missing
+file fails at once with a `FileNotFoundError` that lists every place that was searched. A path given as
+``pretrained`` is only ever read from disk.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -36,7 +39,7 @@ def create_backbone(
         * ``torchvision:<name>`` through ``torchvision.models.get_model`` (e.g. ``torchvision:resnet34``,
           the ImageNet ResNet-34 of the paper's Table IV).
 
-    Pretrained weights are never downloaded:
+    Pretrained weights:
 
         * ``pretrained`` a path: a local ``state_dict`` file (``torch.save`` or ``.safetensors``; a Lightning
           checkpoint of `crl_lightning.ImageClassifier` works too). Tensors of the final linear layer
@@ -44,15 +47,19 @@ def create_backbone(
           initialised; any other missing, unexpected or mismatched key is an error.
         * ``pretrained=True`` with ``timm:``: the model's default weights from the local Hugging Face hub
           cache (``huggingface_hub.constants.HF_HUB_CACHE``) or the torch hub folder
-          (``torch.hub.get_dir()/checkpoints``), then loaded by timm (which adapts the head and ``in_chans``).
+          (``torch.hub.get_dir()/checkpoints``), loaded by timm (which adapts the head and ``in_chans``);
+          when they are in neither, ``timm.create_model(pretrained=True)`` downloads them into those caches.
         * ``pretrained=True`` with ``torchvision:``: the ``DEFAULT`` weights file in
-          ``torch.hub.get_dir()/checkpoints`` (where ``torchvision`` caches its downloads).
+          ``torch.hub.get_dir()/checkpoints``, else downloaded there by torchvision (``weights.get_state_dict``).
+        * Offline (``HF_HUB_OFFLINE=1``, for both) nothing is downloaded, so weights missing from the caches
+          fail at once; so does a download that fails (no network). Set ``HF_HUB_OFFLINE=1`` on a machine
+          without a network: the Hugging Face hub retries a connection for about a minute before it gives up.
 
     Args:
         name: backbone name as above.
         num_classes: number of output logits C, ``>= 1``.
         in_chans: input channels (1 for the digits data, 3 for RGB); torchvision models take 3 only.
-        pretrained: ``False``, ``True`` (local caches, see above) or a path to a weights file.
+        pretrained: ``False``, ``True`` (the library's default weights, see above) or a path to a weights file.
 
     Returns:
         The network, float32, in training mode, mapping (N, in_chans, H, W) to (N, num_classes) logits.
@@ -61,7 +68,8 @@ def create_backbone(
         ValueError: unknown name (the message suggests close bare, ``timm:`` or ``torchvision:`` names) or prefix,
             ``num_classes < 1``, ``in_chans != 3`` for torchvision,
             ``pretrained=True`` for a bare name (no published weights), or weights that do not fit.
-        FileNotFoundError: requested pretrained weights are not on disk; the message lists every path tried.
+        FileNotFoundError: requested pretrained weights are not on disk and could not be downloaded (offline, or
+            the download failed); the message lists every path tried.
 
     Example:
         >>> create_backbone("cifar_resnet34", 10)(torch.randn(2, 3, 32, 32)).shape
@@ -78,7 +86,7 @@ def create_backbone(
             raise FileNotFoundError(f"pretrained: expected a weights file for {name!r} at {weights_file}, found none")
     elif not isinstance(pretrained, bool | str | None):
         raise ValueError(f"pretrained: expected a bool or a path, got {type(pretrained).__name__}")
-    from_cache = pretrained is True
+    default_weights = pretrained is True
 
     prefix, sep, arch = name.partition(":")
     if not sep:
@@ -90,15 +98,15 @@ def create_backbone(
                 f"backbone: unknown name {name!r}{_did_you_mean(name, options)}; expected one of {list_backbones()} "
                 "or a 'timm:'/'torchvision:' name"
             )
-        if from_cache:
+        if default_weights:
             raise ValueError(f"pretrained: {name!r} has no published weights; pass a path to a state_dict file")
         model = BACKBONES[name](num_classes, in_chans)
     elif prefix == "timm":
-        model = _create_timm(arch, num_classes, in_chans, from_cache)
+        model = _create_timm(arch, num_classes, in_chans, default_weights)
     elif prefix == "torchvision":
         model = _create_torchvision(arch, num_classes, in_chans)
-        if from_cache:
-            weights_file = _torchvision_cached_weights(arch)
+        if default_weights:
+            _load_torchvision_weights(model, arch)
     else:
         raise ValueError(f"backbone: unknown prefix {prefix!r} in {name!r}; expected 'timm:' or 'torchvision:'")
     if weights_file is not None:
@@ -129,17 +137,51 @@ def _create_torchvision(arch: str, num_classes: int, in_chans: int) -> nn.Module
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def _torchvision_cached_weights(arch: str) -> Path:
+def _offline() -> bool:
+    """True when downloads are off: ``HF_HUB_OFFLINE`` (``huggingface_hub.constants``, read at call time)."""
+    from huggingface_hub import constants as hf_constants
+
+    return bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def _download(fetch: Callable[[], Any], missing: str, fetch_hint: str) -> Any:
+    """``fetch()`` (a library's download into its cache), or a `FileNotFoundError` when offline or it fails.
+
+    Args:
+        fetch: downloads and returns the weights (or the model holding them).
+        missing: the start of the error message: what is missing and every path tried.
+        fetch_hint: how to get the weights where there is a network, for the message.
+
+    Returns:
+        What ``fetch`` returns.
+
+    Raises:
+        FileNotFoundError: ``HF_HUB_OFFLINE`` is set, or ``fetch`` raised an ``OSError`` (no network, an HTTP
+            error); that error is chained.
+    """
+    remedy = f"fetch them once where there is a network ({fetch_hint}) or pass pretrained=<path to a state_dict file>"
+    if _offline():
+        raise FileNotFoundError(f"{missing}. Offline (HF_HUB_OFFLINE=1), nothing is downloaded: {remedy}")
+    try:
+        return fetch()
+    except OSError as err:
+        raise FileNotFoundError(f"{missing}. The download failed ({type(err).__name__}: "
+                                f"{' '.join(str(err).split())}): {remedy}") from err
+
+
+def _load_torchvision_weights(model: nn.Module, arch: str) -> None:
+    """Fill ``model`` with torchvision's ``DEFAULT`` weights of ``arch``: from the torch hub folder, else downloaded."""
     import torchvision
 
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained: torchvision:{arch} weights {weights} are not in the local cache: looked for {path} "
-            f"(downloads are disabled); copy {weights.url} there or pass pretrained=<path to the file>"
-        )
-    return path
+    if path.is_file():
+        load_local_weights(model, path, f"torchvision:{arch}")
+        return
+    state = _download(lambda: weights.get_state_dict(progress=True, check_hash=True),
+                      f"pretrained: torchvision:{arch} weights {weights} are not in the local cache: looked for {path}",
+                      f"torchvision.models.get_model({arch!r}, weights='DEFAULT'), or copy {weights.url} there")
+    _load_state_dict(model, state, weights.url, f"torchvision:{arch}")
 
 
 def find_cached_weights(arch: str) -> tuple[Path | None, list[str]]:
@@ -176,7 +218,7 @@ def find_cached_weights(arch: str) -> tuple[Path | None, list[str]]:
             found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision or None)
             if isinstance(found, str) and Path(found).is_file():
                 return Path(found), looked
-    if cfg.url:
+    if isinstance(cfg.url, str) and cfg.url:
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
         looked.append(str(path))
         if path.is_file():
@@ -184,20 +226,20 @@ def find_cached_weights(arch: str) -> tuple[Path | None, list[str]]:
     return None, looked
 
 
-def _create_timm(arch: str, num_classes: int, in_chans: int, from_cache: bool) -> nn.Module:
+def _create_timm(arch: str, num_classes: int, in_chans: int, default_weights: bool) -> nn.Module:
     import timm
 
     if not timm.is_model(arch):
         suggestion = _did_you_mean(arch, {m: f"timm:{m}" for m in timm.list_models()})
         raise ValueError(f"backbone: timm has no model {arch!r}{suggestion}")
-    if not from_cache:
+    if not default_weights:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     path, looked = find_cached_weights(arch)
     if path is None:
-        raise FileNotFoundError(
-            f"pretrained: weights for timm:{arch} are not in the local caches; looked in: {'; '.join(looked)}. "
-            "Downloads are disabled: fetch them once where there is a network (timm.create_model("
-            f"{arch!r}, pretrained=True)) or pass pretrained=<path to a state_dict file>"
+        return _download(
+            lambda: timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_chans),
+            f"pretrained: weights for timm:{arch} are not in the local caches; looked in: {'; '.join(looked)}",
+            f"timm.create_model({arch!r}, pretrained=True)",
         )
     # source="" makes timm take the `file` branch: it loads from disk, never from the hub or a url.
     return timm.create_model(
@@ -252,7 +294,11 @@ def load_local_weights(model: nn.Module, path: str | Path, name: str = "model") 
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"pretrained: expected a weights file for {name!r} at {path}, found none")
-    state = _read_state_dict(path)
+    _load_state_dict(model, _read_state_dict(path), path, name)
+
+
+def _load_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str | Path, name: str) -> None:
+    """`load_local_weights` once the file is read: ``source`` (the file or url) names the weights in messages."""
     own = model.state_dict()
     if not set(state) & set(own):
         for prefix in _STRIP_PREFIXES:
@@ -272,7 +318,7 @@ def load_local_weights(model: nn.Module, path: str | Path, name: str = "model") 
     unexpected = [k for k in state if k not in own]
     if bad_shape or missing or unexpected:
         raise ValueError(
-            f"pretrained: {path} does not fit {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"pretrained: {source} does not fit {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shape mismatch {bad_shape[:5]}"
         )
     model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)

@@ -1,0 +1,101 @@
+"""What ``crl`` says on a misspelled or abbreviated option, in ``--*.help``, on Ctrl-C and on resume."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crl_lightning.cli import main
+from crl_lightning.console import error_message, interrupted_message
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "examples" / "configs" / "digits_crl.yaml")
+WANDB = str(ROOT / "examples" / "configs" / "wandb.yaml")
+WARNING_LINE = re.compile(r"warn|\btip\b|deprecat|\.py:\d+: ", re.IGNORECASE)
+
+
+@pytest.mark.usefixtures("plain_argv")
+@pytest.mark.parametrize(("args", "line"), [
+    (["--trainer.max_epoch", "2"], "--trainer.max_epoch: unknown option (did you mean --trainer.max_epochs?)"),
+    (["--trainer.max_epoks", "2"], "--trainer.max_epoks: unknown option (did you mean --trainer.max_epochs?)"),
+    (["--trainr.max_epochs", "2"], "--trainr.max_epochs: unknown option (did you mean --trainer.max_epochs?)"),
+    (["--data.init_args.batch_sizee", "3"],
+     "data.init_args.batch_sizee: unknown option (did you mean data.init_args.batch_size?)"),
+    (["--model.init_args.criterion.init_args.alpah", "2"],
+     "model.init_args.criterion.init_args.alpah: unknown option "
+     "(did you mean model.init_args.criterion.init_args.alpha?)"),
+    (["--data.init_args.zzzzzz", "3"], "data.init_args.zzzzzz: unknown option"),  # nothing close
+])
+def test_an_unknown_or_abbreviated_option_is_refused_naming_the_closest_key(args, line):
+    with pytest.raises(argparse.ArgumentError) as raised:  # an abbreviation would be taken, and the config printed
+        main(["fit", "--config", DIGITS, *args, "--print_config"])
+    assert error_message(raised.value) == line
+
+
+@pytest.mark.usefixtures("plain_argv")
+@pytest.mark.parametrize("option", ["--data.help=ImageFolderDataModule",
+                                    "--trainer.callbacks.help=crl_lightning.guard.NonFiniteGuard"])
+def test_help_of_a_class_points_to_nothing_above(option, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", option])
+    out = capsys.readouterr().out
+    assert "see above" not in " ".join(out.split()) and "see the class docstring" in " ".join(out.split())
+
+
+def test_the_interrupted_line_says_how_to_resume():
+    assert interrupted_message(["fit", "--config", "a b.yaml", "--ckpt_path", "x.ckpt", "--trainer.max_epochs=3"]) \
+        == ("interrupted; to resume from the last epoch end (the last.ckpt of a ModelCheckpoint with save_last: true): "
+            "crl fit --config 'a b.yaml' --trainer.max_epochs=3 --ckpt_path last")
+    assert interrupted_message(["fit", "--ckpt_path=best"]).endswith(": crl fit --ckpt_path last")
+    assert interrupted_message(["study", "--seeds", "0-4"]) == ("interrupted; finished runs are kept, and running "
+                                                               "it again resumes: crl study --seeds 0-4")
+    assert interrupted_message(["test", "-c", "c.yaml"]) == "interrupted; run it again: crl test -c c.yaml"
+
+
+def _crl(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "CRL_TRACEBACK"} | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "crl_lightning", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_with_one_line_whose_command_resumes_quietly(tmp_path):
+    args = ["fit", "--config", DIGITS, "--trainer.max_epochs", "2", "--trainer.default_root_dir", "runs",
+            "--test_after_fit", "false", "--trainer.enable_progress_bar", "false"]
+    fit = _crl(args, tmp_path)
+    last = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and fit.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fit.send_signal(signal.SIGINT)  # Ctrl-C, during epoch 1
+    stdout, stderr = fit.communicate(timeout=300)
+    assert fit.returncode == 130, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == f"crl: {interrupted_message(args)}" and "Detected KeyboardInterrupt" not in stderr
+    assert "Traceback" not in stderr and "max_epochs=2` reached" not in stdout + stderr
+    resume = lines[-1].rpartition(": crl ")[2].split()  # the printed command, run as printed
+    resumed = _crl(resume, tmp_path)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {last.relative_to(tmp_path)}" in stdout + stderr
+    assert [line for line in stderr.splitlines() if WARNING_LINE.search(line)] == []  # no dirpath notice
+
+
+@pytest.mark.usefixtures("plain_argv")
+def test_a_wandb_run_prints_no_anonymous_notice(tmp_path, monkeypatch, capfd):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # wandb.init runs, offline, writing nothing
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    main(["fit", "--config", DIGITS, "--config", WANDB, "--trainer.default_root_dir", str(tmp_path),
+          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+          "--test_after_fit", "false", "--trainer.enable_progress_bar", "false"])
+    err = capfd.readouterr().err
+    assert "anonymous" not in err
