@@ -274,16 +274,17 @@ class ImageClassifier(L.LightningModule):
             self.temperature_note = ("not fitted: no validation split held out from the test split (validation "
                                      "runs on the test split, or the DataModule does not say validation_held_out)")
             return
-        logits, target = self._validation_logits(datamodule)
-        if logits is None:
+        validation = self._validation_logits(datamodule)
+        if validation is None:
             self.temperature_note = "not fitted: the validation split has no sample with a class-index target"
             return
+        logits, target = validation
         temperature = fit_temperature(logits, target) if self.trainer.is_global_zero else 0.0
         self.temperature = float(self.trainer.strategy.broadcast(temperature, src=0))
         self.temperature_note = f"fitted on the {len(target)} validation samples (NLL, Guo et al. 2017)"
 
-    def _validation_logits(self, datamodule: Any) -> tuple[Tensor | None, Tensor | None]:
-        """(N, C) float32 logits and (N,) targets of the whole validation split, in eval mode, on this device."""
+    def _validation_logits(self, datamodule: Any) -> tuple[Tensor, Tensor] | None:
+        """(N, C) float32 logits and (N,) targets of the whole validation split (eval mode, this device), or None."""
         if "val" not in getattr(datamodule, "datasets", {"val": None}):
             datamodule.setup("validate")  # a test of a checkpoint set up only the test split
         was_training = self.training
@@ -296,9 +297,7 @@ class ImageClassifier(L.LightningModule):
                     logits.append(self(batch[0]).float())
                     targets.append(batch[1])
         self.train(was_training)
-        if not targets:
-            return None, None
-        return torch.cat(logits), torch.cat(targets)
+        return (torch.cat(logits), torch.cat(targets)) if targets else None
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:

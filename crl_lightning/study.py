@@ -484,10 +484,11 @@ def per_class_differences(
             for c, (a, b) in enumerate(zip(ref, other, strict=True)):
                 if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
                     pairs.setdefault(c, []).append((100.0 - a, 100.0 - b))
-        rows = [{"class": c, "name": names[c] if names and c < len(names) else str(c), "n": len(v),
-                 "mean_diff": statistics.fmean(b - a for a, b in v),
-                 "reference_err": statistics.fmean(a for a, _ in v), "criterion_err": statistics.fmean(b for _, b in v)}
-                for c, v in pairs.items()]
+        rows: list[dict[str, Any]] = [
+            {"class": c, "name": names[c] if names and c < len(names) else str(c), "n": len(v),
+             "mean_diff": statistics.fmean(b - a for a, b in v),
+             "reference_err": statistics.fmean(a for a, _ in v), "criterion_err": statistics.fmean(b for _, b in v)}
+            for c, v in pairs.items()]
         result[label] = sorted(rows, key=lambda r: (-abs(r["mean_diff"]), r["class"]))[:top]
     return result
 
