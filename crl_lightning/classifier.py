@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from crl_lightning.calibration import fit_temperature
 from crl_lightning.losses import CompetingRatioLoss
-from crl_lightning.metrics import PaddingTrimmer, classification_metrics, eval_metrics
+from crl_lightning.metrics import PaddingTrimmer, classification_metrics, eval_metrics, temperature_scaled_metrics
 from crl_lightning.models import create_backbone
 
 __all__ = ["ImageClassifier", "PAPER_SGD"]
@@ -37,6 +38,8 @@ class ImageClassifier(L.LightningModule):
         * test only: ``test_ece`` (expected calibration error, a **fraction** in [0, 1], ``calibration_bins``
           equal-width bins), ``test_nll`` (nats per sample) and ``test_mean_class_acc`` (percent, the
           mean of the per-class accuracies), all in the ``test_metrics`` collection.
+        * test only, after temperature scaling (`temperature`): ``test_nll_ts`` (nats) and ``test_ece_ts``
+          (fraction) of ``softmax(logits / T)``; not logged when no temperature was fitted.
         * progress bar: only ``train_loss_step``, ``train_top1_err_step`` (this batch, not logged), val/test top-1.
 
     The duplicates a `torch.utils.data.DistributedSampler` pads onto the ends of the val/test shards are cut
@@ -48,8 +51,21 @@ class ImageClassifier(L.LightningModule):
     checkpoints, so a run resumed from an epoch-end checkpoint repeats the uninterrupted one) and, with
     ``test_report``, `crl_lightning.callbacks.TestReport`, fed by what `test_step` returns: it writes
     ``test_metrics.json`` (read by ``crl compare``), ``confusion_matrix.csv`` and ``figures/*.png`` into the
-    run directory after every test, and keeps that data in Python as ``TestReport.results``. A ``ValueError``
-    of the criterion during training (e.g. a class index out of range, checked on the CPU) names the step.
+    run directory after every test, and keeps that data in Python as ``TestReport.results``.
+
+    Temperature scaling (Guo et al., 2017; `crl_lightning.calibration.fit_temperature`): at the start of every
+    test, with the weights being tested, the model runs over the DataModule's validation loader and fits one
+    temperature T on those logits (`on_test_start`), kept in `temperature` with a `temperature_note`
+    (``TestReport`` records both). It is skipped (``temperature`` ``None``, the note says why) when the
+    DataModule does not say that its validation split is held out from the test split (``validation_held_out``
+    of `crl_lightning.data.ImageDataModule`; false with ``val_split=0`` and no val split of its own, where
+    validation runs on the test split), when there is no DataModule, under ``fast_dev_run``, or when the
+    validation split is empty or has soft targets. T is never fitted on the test split. Under DDP every
+    process runs the whole validation split (the loader is the DataModule's, without a distributed sampler)
+    and all take process 0's T.
+
+    A ``ValueError`` of the criterion during training (e.g. a class index out of range, checked on the CPU)
+    names the step.
 
     Extension points (override one, not ``training_step``):
         * `build_backbone` -- how the network (and its head) is built;
@@ -131,6 +147,11 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = classification_metrics(num_classes, self.top_k, prefix="train_", validate_args=False)
         self.val_metrics = eval_metrics(num_classes, self.top_k, prefix="val_", ordinal=ordinal)
         self.test_metrics = eval_metrics(num_classes, self.top_k, "test_", ordinal, calibration_bins=calibration_bins)
+        self.test_scaled_metrics = temperature_scaled_metrics(num_classes, calibration_bins, prefix="test_")
+        #: The temperature fitted at the start of the last test (`on_test_start`), or ``None``.
+        self.temperature: float | None = None
+        #: How `temperature` was obtained, or why it was not fitted (``None`` before any test).
+        self.temperature_note: str | None = None
         # Eval losses as sum/count metrics: exactly sample-weighted after a multi-process sync.
         self.val_loss_mean = MeanMetric()
         self.test_loss_mean = MeanMetric()
@@ -204,6 +225,9 @@ class ImageClassifier(L.LightningModule):
             metrics = getattr(self, f"{stage}_metrics")
             metrics.update(logits, target)
             self._log_metrics(metrics, n)
+            if stage == "test" and self.temperature is not None:
+                self.test_scaled_metrics.update(logits.float() / self.temperature, target)
+                self._log_metrics(self.test_scaled_metrics, n)
         return {"loss": loss, "logits": logits, "target": target, "position": position}
 
     def _log_metrics(self, metrics: Any, n: int) -> None:
@@ -233,6 +257,47 @@ class ImageClassifier(L.LightningModule):
         # New state tensors in every process: under ddp_spawn the initial ones are shared memory (the model
         # is pickled to the processes), where the confusion matrix would add up every process's counts.
         self.test_metrics.reset()
+        self.test_scaled_metrics.reset()
+
+    @override
+    def on_test_start(self) -> None:
+        """Fit `temperature` on the validation split with the weights being tested (see the class docstring)."""
+        self.temperature, self.temperature_note = None, None
+        datamodule = self.trainer.datamodule
+        if self.trainer.fast_dev_run:
+            self.temperature_note = "not fitted: fast_dev_run"
+            return
+        if datamodule is None:
+            self.temperature_note = "not fitted: no DataModule, so no validation split is known"
+            return
+        if getattr(datamodule, "validation_held_out", None) is not True:
+            self.temperature_note = ("not fitted: no validation split held out from the test split (validation "
+                                     "runs on the test split, or the DataModule does not say validation_held_out)")
+            return
+        validation = self._validation_logits(datamodule)
+        if validation is None:
+            self.temperature_note = "not fitted: the validation split has no sample with a class-index target"
+            return
+        logits, target = validation
+        temperature = fit_temperature(logits, target) if self.trainer.is_global_zero else 0.0
+        self.temperature = float(self.trainer.strategy.broadcast(temperature, src=0))
+        self.temperature_note = f"fitted on the {len(target)} validation samples (NLL, Guo et al. 2017)"
+
+    def _validation_logits(self, datamodule: Any) -> tuple[Tensor, Tensor] | None:
+        """(N, C) float32 logits and (N,) targets of the whole validation split (eval mode, this device), or None."""
+        if "val" not in getattr(datamodule, "datasets", {"val": None}):
+            datamodule.setup("validate")  # a test of a checkpoint set up only the test split
+        was_training = self.training
+        self.eval()
+        logits, targets = [], []
+        with torch.no_grad(), self.trainer.precision_plugin.val_step_context():
+            for batch in datamodule.val_dataloader():
+                batch = self.trainer.strategy.batch_to_device(batch)
+                if batch[1].ndim == 1:
+                    logits.append(self(batch[0]).float())
+                    targets.append(batch[1])
+        self.train(was_training)
+        return (torch.cat(logits), torch.cat(targets)) if targets else None
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:

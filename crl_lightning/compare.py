@@ -17,6 +17,7 @@ Example::
 
     crl compare runs/                       # test top-1 error (%), as Table II
     crl compare runs/ --metric test_top1_err --metric test_ece
+    crl compare runs/ --metric test_nll --metric test_nll_ts   # before / after temperature scaling
     crl compare runs/ --experiment 3f2a9c1b7e4d
 """
 
@@ -40,6 +41,8 @@ __all__ = ["comparison_table", "find_metric_files", "latest_runs", "load_records
 _UNITS = {"_err": "%", "_acc": "%", "test_ece": "fraction", "test_nll": "nats", "test_loss": ""}
 #: Decimals of the metrics whose scale needs more than the default (as in ``crl study``'s tables).
 _DIGITS = {"test_nll": 4, "test_ece": 4}
+#: Suffix of the temperature-scaled metrics (``test_nll_ts``, ``test_ece_ts``): the unit and decimals of the raw one.
+_SCALED = "_ts"
 #: The settings key of the criterion: the columns of a table, so not part of a row's identity.
 _CRITERION_KEY = "model.init_args.criterion"
 
@@ -166,6 +169,7 @@ def _differences(settings: dict[str, Any], peers: Sequence[dict[str, Any]]) -> s
 
 
 def _unit(metric: str) -> str:
+    metric = metric.removesuffix(_SCALED)
     for suffix, unit in _UNITS.items():
         if metric.endswith(suffix) or metric == suffix:
             return unit
@@ -203,7 +207,8 @@ def comparison_table(
     Args:
         records: as from `load_records`.
         metric: a key of each record's ``metrics``, e.g. ``"test_top1_err"`` (percent).
-        digits: decimals in the cells; ``None``: 4 for ``test_nll`` and ``test_ece``, else 2.
+        digits: decimals in the cells; ``None``: 4 for ``test_nll``, ``test_ece`` and their temperature-scaled
+            ``test_nll_ts``, ``test_ece_ts``, else 2.
 
     Returns:
         The table (a caption line, a blank line, then the markdown rows), without a final newline.
@@ -211,7 +216,7 @@ def comparison_table(
     Raises:
         ValueError: no record has ``metric`` (the message lists the metrics that are there).
     """
-    digits = _DIGITS.get(metric, 2) if digits is None else digits
+    digits = _DIGITS.get(metric.removesuffix(_SCALED), 2) if digits is None else digits
     kept, reruns = latest_runs(records)
     available = {name for r in kept for name in r["metrics"]}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -265,9 +270,10 @@ def main(args: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("runs", nargs="+", help=f"run folders (searched for {METRICS_FILENAME}) or metric files")
     parser.add_argument("--metric", action="append", default=None,
-                        help="metric to tabulate, repeatable (default: test_top1_err)")
+                        help="metric to tabulate, repeatable (default: test_top1_err); e.g. test_nll, test_ece "
+                             "and, after temperature scaling on the validation split, test_nll_ts, test_ece_ts")
     parser.add_argument("--digits", type=int, default=None,
-                        help="decimals in the cells (default: 4 for test_nll and test_ece, else 2)")
+                        help="decimals in the cells (default: 4 for test_nll(_ts) and test_ece(_ts), else 2)")
     parser.add_argument("--experiment", default=None,
                         help="only the runs of this experiment: its id (or 4+ leading digits) or label")
     ns = parser.parse_args(list(sys.argv[1:] if args is None else args))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "confusion_matrix_figure",
     "learning_curves",
+    "paired_differences_figure",
     "reliability_diagram",
     "save_figure",
     "save_test_figures",
@@ -260,11 +261,58 @@ def learning_curves(
         common = sorted(e for e, vs in by_epoch.items() if len(vs) == len(runs))
         means = [sum(by_epoch[e]) / len(by_epoch[e]) for e in common]
         ax.plot(common, means, color=color, linewidth=2.5, label=f"{label} (mean of {len(runs)} runs)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
+    return fig
+
+
+def paired_differences_figure(
+    rows: Sequence[tuple[str, Sequence[float], float | None, float | None, float | None]],
+    title: str = "Paired differences per seed",
+) -> Figure:
+    """One row per comparison (criterion x metric): a dot per seed's difference, the zero line, the mean and its CI.
+
+    Each row has its own x axis, in its metric's unit (the rows mix percent, nats and fractions).
+
+    Args:
+        rows: ``(label, differences, mean, ci_low, ci_high)`` per row: the row's label (with the unit), the
+            per-seed differences (criterion − reference), their mean and the confidence interval's ends
+            (``None`` when there is none, e.g. fewer than 2 seeds: then only the mean is marked).
+        title: figure title.
+
+    Returns:
+        The figure (not saved; see `save_figure`).
+
+    Raises:
+        ValueError: no rows, or a row without differences.
+    """
+    if not rows:
+        raise ValueError("rows: expected at least one comparison, got none")
+    fig = _figure(7.0, 0.9 + 0.75 * len(rows))
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    for ax, (label, diffs, mean, low, high) in zip(axes, rows, strict=True):
+        if not diffs:
+            raise ValueError(f"rows: expected per-seed differences for {label!r}, got none")
+        jitter = [0.12 * ((i % 3) - 1) for i in range(len(diffs))]  # keep equal values apart
+        ax.scatter(list(diffs), jitter, s=18, color="tab:blue", zorder=3, label="seed")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        if mean is not None:
+            xerr = None if low is None or high is None else [[mean - low], [high - mean]]
+            ax.errorbar([mean], [-0.35], xerr=xerr, fmt="D", color="tab:red", capsize=4, markersize=5,
+                        label="mean, 95 % CI")
+        ax.set_ylim(-0.6, 0.4)
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize=7, ncols=2)
+    axes[0].set_title(title)
     return fig
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "eval_metrics",
     "one_off_accuracy_from_confusion",
     "per_class_accuracy",
+    "temperature_scaled_metrics",
     "unpadded_sample_count",
 ]
 
@@ -336,6 +337,19 @@ def eval_metrics(
         metrics["nll"] = NegativeLogLikelihood(num_classes)
         metrics["mean_class_acc"] = MeanClassAccuracy(num_classes, validate_args=False)
     return MetricCollection(metrics, prefix=prefix)
+
+
+def temperature_scaled_metrics(num_classes: int, calibration_bins: int = 15, prefix: str = "") -> MetricCollection:
+    """NLL and ECE of temperature-scaled logits: ``{prefix}nll_ts`` (nats) and ``{prefix}ece_ts`` (fraction).
+
+    Update it with ``logits / T`` (`crl_lightning.calibration.fit_temperature`); the metrics are
+    `NegativeLogLikelihood` and `ExpectedCalibrationError` (``calibration_bins`` bins), as in `eval_metrics`.
+
+    Raises:
+        ValueError: ``calibration_bins < 1``.
+    """
+    return MetricCollection({"nll_ts": NegativeLogLikelihood(num_classes),
+                             "ece_ts": ExpectedCalibrationError(num_classes, num_bins=calibration_bins)}, prefix=prefix)
 
 
 def unpadded_sample_count(dataloader: Any) -> int | None:

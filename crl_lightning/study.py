@@ -23,8 +23,23 @@ atomically, so a half-written file is never read as a result. At the end it writ
 * paired differences against the first criterion (``other - first`` per seed, so negative = lower than the
   first), with a 95 % t confidence interval, a paired t-test and a Wilcoxon signed-rank p-value
   (`crl_lightning.statistics.paired_comparison`);
+* the same NLL and ECE after temperature scaling (``test_nll_ts``, ``test_ece_ts``: one T per run fitted on
+  the validation split, see `crl_lightning.ImageClassifier`), and each run's T;
+* with several tests in the paired table (criteria x metrics), Holm-adjusted p-values beside the raw ones
+  (`crl_lightning.statistics.holm_adjust`, t-tests and Wilcoxon tests as two families); with fewer than 3
+  pairs, "n < 3: no test is meaningful" instead of p-values and intervals;
+* power lines: the smallest difference the paired t-test detects at 80 % power with this n (from the observed
+  SD of the differences) and the seeds needed to detect the observed difference;
+* "where it helps": per criterion, the 3 classes whose test error differs most from the first criterion's;
 * ``curves.png``: validation top-1 error per epoch (from each run's ``history.csv``), a thin line per seed
-  and a bold mean per criterion, as the paper's Fig. 3.
+  and a bold mean per criterion, as the paper's Fig. 3; ``paired_differences.png``: one row per criterion x
+  metric, a dot per seed's difference, the zero line and the mean with its 95 % CI.
+
+``--budget-min M`` fits the study into windows of wall time (a GPU lent for a few minutes): before each run
+still to do, if the minutes so far plus the longest run so far would pass M, it stops, writes the partial
+``study.json``/``study.md`` (marked incomplete) and exits with code 3 (`INCOMPLETE_EXIT_CODE`); the same
+command again reuses the finished runs and goes on. The first epoch's extra time over the later ones of the
+first run trained (``torch.compile`` and warm-up, from ``history.csv``) is printed and kept in ``study.json``.
 """
 
 from __future__ import annotations
@@ -32,9 +47,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import platform
 import re
 import shutil
+import statistics
 import sys
 import time
 from collections import Counter
@@ -60,16 +77,42 @@ from crl_lightning.runs import (
     write_json,
     write_text_atomic,
 )
-from crl_lightning.statistics import paired_comparison, summarize
+from crl_lightning.statistics import (
+    MIN_PAIRS_FOR_TEST,
+    holm_adjust,
+    min_detectable_difference,
+    paired_comparison,
+    seeds_needed,
+    summarize,
+)
 
-__all__ = ["METRICS", "PairingFingerprint", "criterion_arguments", "main", "parse_seeds", "run_study", "study_report"]
+__all__ = [
+    "INCOMPLETE_EXIT_CODE",
+    "METRICS",
+    "PairingFingerprint",
+    "criterion_arguments",
+    "first_epoch_overhead",
+    "main",
+    "parse_seeds",
+    "per_class_differences",
+    "run_study",
+    "study_report",
+]
 
 #: The metrics the study tabulates: test_metrics.json key -> (label, unit).
 METRICS = {
     "test_top1_err": ("test top-1 error", "%"),
     "test_nll": ("test NLL", "nats"),
     "test_ece": ("test ECE", "fraction"),
+    "test_nll_ts": ("test NLL, temperature-scaled", "nats"),
+    "test_ece_ts": ("test ECE, temperature-scaled", "fraction"),
 }
+#: Decimals of each metric in the tables.
+DIGITS = {"test_top1_err": 2, "test_nll": 4, "test_ece": 4, "test_nll_ts": 4, "test_ece_ts": 4}
+#: Classes listed per criterion in the per-class section ("where it helps").
+TOP_CLASSES = 3
+#: Exit code of ``crl study`` when it stopped at ``--budget-min`` with runs left (run it again to resume).
+INCOMPLETE_EXIT_CODE = 3
 #: Version tag of ``study.json``.
 STUDY_FORMAT = "crl_lightning.study/1"
 #: The run marker of a study's run folder (`run_one`) and its version tag.
@@ -195,7 +238,9 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
     Returns:
         The run's ``run.json`` record: ``format``, ``status``, ``args``, ``experiment``, ``seed``, ``fold``,
         ``metrics`` (the test metrics), ``files`` (``test_metrics``, ``history``), ``fingerprint``, ``epochs``,
-        ``resumed_from`` and ``wall_s`` (seconds of this run's fit + test).
+        ``temperature`` and ``temperature_note`` (temperature scaling, see `crl_lightning.ImageClassifier`),
+        ``per_class_acc`` (percent) and ``class_names``, ``resumed_from`` and ``wall_s`` (seconds of this run's
+        fit + test).
 
     Raises:
         ValueError: ``run_dir`` holds a run of another experiment, seed or fold (the message names the keys that
@@ -246,6 +291,8 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
     record = {
         **base, "status": "done", "metrics": metrics["metrics"], "resumed_from": resume, "wall_s": round(wall, 1),
         "epochs": metrics.get("epochs"), "fingerprint": fingerprint.state_dict(),
+        "temperature": metrics.get("temperature"), "temperature_note": metrics.get("temperature_note"),
+        "per_class_acc": metrics.get("per_class_acc"), "class_names": metrics.get("class_names"),
         "files": {"test_metrics": str(metrics_file),
                   "history": str(history.last_path) if history is not None and history.last_path else None},
     }
@@ -253,30 +300,86 @@ def run_one(run_dir: Path, args: list[str]) -> dict[str, Any]:
     return record
 
 
+def _is_done(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (its marker says ``done``; `run_one` checks the rest)."""
+    try:
+        return read_json(run_dir / RUN_FILE).get("status") == "done"
+    except (OSError, RecordError):
+        return False
+
+
+def first_epoch_overhead(history: str | Path | None) -> dict[str, Any] | None:
+    """How much longer a run's first epoch took than its later ones: the ``torch.compile`` and warm-up time.
+
+    From ``history.csv``'s ``epoch_time_s`` (wall seconds per epoch, validation included): ``first_epoch_s``,
+    ``later_median_s`` (median of the later epochs, ``None`` with one epoch) and ``overhead_s`` (their
+    difference, ``None`` with one epoch). ``None`` without a history.
+    """
+    times = [float(row["epoch_time_s"]) for row in read_history(history) if row.get("epoch_time_s")]
+    if not times:
+        return None
+    later = statistics.median(times[1:]) if len(times) > 1 else None
+    return {"first_epoch_s": times[0], "later_median_s": later,
+            "overhead_s": None if later is None else times[0] - later}
+
+
 def run_study(
-    base_args: Sequence[str], criteria: Sequence[str], seeds: Sequence[int], out: str | Path
+    base_args: Sequence[str], criteria: Sequence[str], seeds: Sequence[int], out: str | Path,
+    budget_min: float | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every (criterion, seed) and return the ``study.json`` record (see the module doc)."""
+    """Run (or resume) every (criterion, seed) and return the ``study.json`` record (see the module doc).
+
+    Args:
+        base_args: ``crl fit`` arguments of every run.
+        criteria: registry names or overlay files; the first is the reference.
+        seeds: the seeds.
+        out: the study folder.
+        budget_min: wall budget of this call in minutes (``None``: none). Before a run that is not done yet,
+            if the minutes since this call started plus the longest run so far (this call's or a reused one's
+            ``wall_s``) would exceed it, the study stops there; the first run still to do always starts, so
+            every call makes progress. Runs already done are always reused.
+
+    Returns:
+        The record; ``complete`` is false when the budget stopped it, ``remaining`` then lists the
+        ``{"criterion", "seed"}`` not run.
+    """
     out = Path(out)
     labelled = [criterion_arguments(spec) for spec in criteria]
     labels = [label for label, _ in labelled]
     if len(set(labels)) != len(labels):
         raise ValueError(f"--criteria: expected distinct criteria, got {labels}")
     start = time.monotonic()
-    runs = []
+    runs: list[dict[str, Any]] = []
+    remaining: list[dict[str, Any]] = []
+    longest, trained, overhead = 0.0, 0, None
     for seed in seeds:  # seed-major: an interrupted study still has complete pairs
         for label, crit_args in labelled:
             run_dir = out / label / f"seed_{seed}"
+            if remaining or (budget_min is not None and trained and not _is_done(run_dir)
+                             and time.monotonic() - start + longest > 60 * budget_min):
+                remaining.append({"criterion": label, "seed": seed})
+                continue
             args = [*base_args, *crit_args, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
                     "--trainer.default_root_dir", str(run_dir), "--test_after_fit", "true"]
+            reused = _is_done(run_dir)
+            began = time.monotonic()
             record = run_one(run_dir, args)
+            longest = max(longest, time.monotonic() - began, float(record.get("wall_s") or 0.0))
+            trained += not reused
+            if overhead is None and not reused:
+                overhead = first_epoch_overhead(record["files"].get("history"))
+                if overhead is not None:
+                    overhead = {"criterion": label, "seed": seed, **overhead}
+                    print(f"crl study: {_overhead_text(overhead)}", flush=True)
             runs.append({"criterion": label, "seed": seed, "dir": str(run_dir), **record})
     return {
         "format": STUDY_FORMAT,
         "created": utc_now(),
         "base_args": list(base_args), "criteria": labels, "seeds": list(seeds),
+        "complete": not remaining, "remaining": remaining, "budget_min": budget_min,
         "invocation_wall_s": round(time.monotonic() - start, 1),
         "runs_wall_s": round(sum(r["wall_s"] for r in runs), 1),
+        "first_run_overhead": overhead,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "lightning": L.__version__, "machine": platform.machine(),
                         "cpu_threads": torch.get_num_threads(),
@@ -286,16 +389,36 @@ def run_study(
     }
 
 
+def _overhead_text(overhead: dict[str, Any]) -> str:
+    """One line on the first trained run's first epoch against its later ones (compile and warm-up)."""
+    head = (f"first run trained in this call ({overhead['criterion']}, seed {overhead['seed']}): first epoch "
+            f"{overhead['first_epoch_s']:.1f} s")
+    if overhead["overhead_s"] is None:
+        return head + " (one epoch: no later epoch to compare; torch.compile time not separable)"
+    return (head + f", later epochs {overhead['later_median_s']:.1f} s (median): about {overhead['overhead_s']:.1f} s "
+            "of torch.compile and warm-up")
+
+
 def study_report(runs: Sequence[dict[str, Any]], labels: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
-    """Per-criterion summaries, paired comparisons against ``labels[0]`` and the pairing check.
+    """Per-criterion summaries, paired comparisons against ``labels[0]``, per-class differences, the pairing check.
+
+    Each paired comparison (`crl_lightning.statistics.paired_comparison`) also gets ``seeds``, ``diffs``
+    (criterion − reference per seed), ``note`` (``"n < 3: no test is meaningful"``, else ``None``), ``power``
+    (``None`` for n < 3, else ``mdd_80``: the smallest true difference detectable at 80 % power with this n,
+    from the observed SD of the differences, in the metric's unit; ``seeds_needed``: the fewest seeds for 80 %
+    power at the observed mean difference, ``None`` for more than 1000) and ``t_pvalue_holm`` /
+    ``wilcoxon_pvalue_holm``: Holm-adjusted over every criterion x metric of the table with n >= 3 (the t-tests
+    one family, the Wilcoxon tests another).
 
     Args:
-        runs: one dict per run with ``criterion``, ``seed``, ``metrics`` and ``fingerprint``.
+        runs: one dict per run with ``criterion``, ``seed``, ``metrics`` and ``fingerprint`` (and
+            ``per_class_acc``/``class_names`` for the per-class differences).
         labels: the criteria, the first being the reference.
         seeds: the seeds.
 
     Returns:
-        ``{"summary": {criterion: {metric: summarize}}, "paired": {criterion: {metric: paired_comparison}},
+        ``{"summary": {criterion: {metric: summarize}}, "paired": {criterion: {metric: comparison}},
+        "correction": {"method", "family", "tests"}, "per_class": per_class_differences,
         "pairing": {"ok": bool, "mismatches": [...]}}``.
     """
     value = {(r["criterion"], r["seed"], m): r["metrics"].get(m) for r in runs for m in METRICS}
@@ -309,8 +432,23 @@ def study_report(runs: Sequence[dict[str, Any]], labels: Sequence[str], seeds: S
         paired[label] = {}
         for m in METRICS:
             both = [s for s in seeds if None not in (value.get((labels[0], s, m)), value.get((label, s, m)))]
-            paired[label][m] = {"seeds": both, **paired_comparison([value[(labels[0], s, m)] for s in both],
-                                                                   [value[(label, s, m)] for s in both])}
+            base, other = [value[(labels[0], s, m)] for s in both], [value[(label, s, m)] for s in both]
+            c = {"seeds": both, "diffs": [o - b for b, o in zip(base, other, strict=True)],
+                 **paired_comparison(base, other)}
+            meaningful = c["n"] >= MIN_PAIRS_FOR_TEST
+            c["note"] = None if meaningful else f"n < {MIN_PAIRS_FOR_TEST}: no test is meaningful"
+            c["power"] = {"mdd_80": min_detectable_difference(c["std_diff"], c["n"]),
+                          "seeds_needed": seeds_needed(c["mean_diff"], c["std_diff"])} if meaningful else None
+            paired[label][m] = c
+    comparisons = [c for by_metric in paired.values() for c in by_metric.values()]
+    tested = [c for c in comparisons if c["note"] is None]
+    for key in ("t_pvalue", "wilcoxon_pvalue"):
+        adjusted = dict(zip(map(id, tested), holm_adjust([c[key] for c in tested]), strict=True))
+        for c in comparisons:
+            c[f"{key}_holm"] = adjusted.get(id(c))
+    correction = {"method": "holm", "tests": sum(c["t_pvalue"] is not None for c in tested),
+                  "family": "all criteria x metrics of the paired table with n >= 3; the paired t-tests one "
+                            "family, the Wilcoxon tests another"}
     mismatches = []
     for seed in seeds:
         prints = {r["criterion"]: r.get("fingerprint") or {} for r in runs if r["seed"] == seed}
@@ -318,7 +456,43 @@ def study_report(runs: Sequence[dict[str, Any]], labels: Sequence[str], seeds: S
             found = {label: p.get(key) for label, p in prints.items()}
             if len(set(found.values())) > 1 or None in found.values():
                 mismatches.append({"seed": seed, "what": key, "values": found})
-    return {"summary": summary, "paired": paired, "pairing": {"ok": not mismatches, "mismatches": mismatches}}
+    return {"summary": summary, "paired": paired, "correction": correction,
+            "per_class": per_class_differences(runs, labels, seeds),
+            "pairing": {"ok": not mismatches, "mismatches": mismatches}}
+
+
+def per_class_differences(
+    runs: Sequence[dict[str, Any]], labels: Sequence[str], seeds: Sequence[int], top: int = TOP_CLASSES
+) -> dict[str, list[dict[str, Any]]]:
+    """Per criterion, the ``top`` classes whose test error changed most against ``labels[0]``.
+
+    The per-class error is ``100 - per_class_acc`` (percent, from each run's ``test_metrics.json``); the
+    difference is criterion − reference per seed, averaged over the seeds where both runs have the class.
+
+    Returns:
+        ``{criterion: [{"class", "name", "n", "mean_diff", "reference_err", "criterion_err"}, ...]}``, the
+        classes sorted by decreasing ``|mean_diff|`` (percentage points; negative = lower error than the
+        reference); an empty list when the runs recorded no per-class accuracy.
+    """
+    acc = {(r["criterion"], r["seed"]): r.get("per_class_acc") for r in runs}
+    names = next((r["class_names"] for r in runs if r.get("class_names")), None)
+    result: dict[str, list[dict[str, Any]]] = {}
+    for label in labels[1:]:
+        pairs: dict[int, list[tuple[float, float]]] = {}
+        for seed in seeds:
+            ref, other = acc.get((labels[0], seed)), acc.get((label, seed))
+            if ref is None or other is None or len(ref) != len(other):
+                continue
+            for c, (a, b) in enumerate(zip(ref, other, strict=True)):
+                if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
+                    pairs.setdefault(c, []).append((100.0 - a, 100.0 - b))
+        rows: list[dict[str, Any]] = [
+            {"class": c, "name": names[c] if names and c < len(names) else str(c), "n": len(v),
+             "mean_diff": statistics.fmean(b - a for a, b in v),
+             "reference_err": statistics.fmean(a for a, _ in v), "criterion_err": statistics.fmean(b for _, b in v)}
+            for c, v in pairs.items()]
+        result[label] = sorted(rows, key=lambda r: (-abs(r["mean_diff"]), r["class"]))[:top]
+    return result
 
 
 def _fmt(x: float | None, digits: int) -> str:
@@ -329,18 +503,47 @@ def _p(x: float | None) -> str:
     return "–" if x is None else (f"{x:.3f}" if x >= 0.001 else f"{x:.1e}")
 
 
+def _power_line(label: str, name: str, unit: str, c: dict[str, Any], digits: int) -> str:
+    """One bullet of the power section for the comparison ``c`` (see `study_report`)."""
+    if c["power"] is None:
+        return f"- {label}, {name}: {c['note']} (n = {c['n']})"
+    needed = c["power"]["seeds_needed"]
+    needed_text = "> 1000 seeds" if needed is None else f"{needed} seeds"
+    return (f"- {label}, {name}: with n = {c['n']} seeds the smallest difference detectable at 80 % power is "
+            f"{c['power']['mdd_80']:.{digits}f} {unit} (observed SD of the differences "
+            f"{_fmt(c['std_diff'], digits)}); the observed difference {c['mean_diff']:+.{digits}f} would need "
+            f"{needed_text}")
+
+
 def format_study(study: dict[str, Any]) -> str:
-    """The markdown report (``study.md``): protocol, per-criterion table, paired table, runs, curves."""
+    """The markdown report (``study.md``): protocol, tables (paired, Holm, power, per class), runs, figures."""
     labels, seeds = study["criteria"], study["seeds"]
-    digits = {"test_top1_err": 2, "test_nll": 4, "test_ece": 4}
+    digits = DIGITS
+    environment = study["environment"]
     lines = [
-        "# crl study",
+        "# crl study" + ("" if study.get("complete", True) else " (INCOMPLETE)"),
         "",
         f"Command: `crl study {' '.join(study['base_args'])} --criteria {' '.join(labels)} "
         f"--seeds {','.join(map(str, seeds))}`",
         f"Created {study['created']}; run time {study['runs_wall_s'] / 60:.1f} min (sum of the runs' fit + test), "
-        f"{study['environment']['machine']}, {study['environment']['cpu_threads']} threads, "
-        f"GPU: {study['environment']['cuda'] or 'none'}, torch {study['environment']['torch']}.",
+        f"{environment['machine']}, {environment['cpu_threads']} threads, "
+        f"GPU: {environment['cuda'] or 'none'}, torch {environment['torch']}.",
+    ]
+    if not study.get("complete", True):
+        left = ", ".join(f"{r['criterion']}/seed {r['seed']}" for r in study["remaining"])
+        lines += ["", f"**Incomplete**: stopped at the wall budget ({study['budget_min']} min) before "
+                      f"{len(study['remaining'])} runs ({left}); run the same command again to resume. The tables "
+                      "below hold the runs done so far."]
+    if study.get("first_run_overhead"):
+        lines += ["", "Compile and warm-up: " + _overhead_text(study["first_run_overhead"]) + "."]
+    unfitted = [r for r in study["runs"] if r.get("temperature") is None]
+    lines += ["", "Temperature scaling (Guo et al. 2017): after fit, one temperature T per run is fitted on the "
+                  "validation split (minimum NLL) with the tested weights; the *temperature-scaled* metrics are "
+                  "the NLL and ECE of softmax(logits / T) on the test split. T does not change the top-1 error."]
+    if unfitted:
+        notes = sorted({str(r.get("temperature_note")) for r in unfitted})
+        lines[-1] += f" Not fitted for {len(unfitted)} of {len(study['runs'])} runs: {'; '.join(notes)}."
+    lines += [
         "",
         "## Per criterion (mean ± sample std over seeds)",
         "",
@@ -352,36 +555,73 @@ def format_study(study: dict[str, Any]) -> str:
         cells = [f"{_fmt(s[m]['mean'], digits[m])} ± {_fmt(s[m]['std'], digits[m])}" for m in METRICS]
         lines.append(f"| {label} | {s['test_top1_err']['n']} | " + " | ".join(cells) + " |")
     if labels[1:]:
+        correction = study["correction"]
         lines += [
             "",
             f"## Paired differences against {labels[0]} (criterion − {labels[0]}, per seed; negative = lower)",
             "",
-            "| criterion | metric | n | mean diff | 95 % CI | paired t p | Wilcoxon p | lower / higher / tie |",
-            "|---|---|---:|---:|---|---:|---:|---|",
+            "| criterion | metric | n | mean diff | 95 % CI | paired t p | Holm t p | Wilcoxon p | Holm Wilcoxon p "
+            "| lower / higher / tie |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---|",
         ]
         for label in labels[1:]:
             for m, (name, unit) in METRICS.items():
                 c = study["paired"][label][m]
                 d = digits[m]
-                lines.append(
-                    f"| {label} | {name} ({unit}) | {c['n']} | {_fmt(c['mean_diff'], d)} | "
-                    f"[{_fmt(c['ci_low'], d)}, {_fmt(c['ci_high'], d)}] | {_p(c['t_pvalue'])} | "
-                    f"{_p(c['wilcoxon_pvalue'])} | {c['lower']} / {c['higher']} / {c['ties']} |"
-                )
+                tests = (f"[{_fmt(c['ci_low'], d)}, {_fmt(c['ci_high'], d)}] | {_p(c['t_pvalue'])} | "
+                         f"{_p(c['t_pvalue_holm'])} | {_p(c['wilcoxon_pvalue'])} | {_p(c['wilcoxon_pvalue_holm'])}"
+                         if c["note"] is None else f"{c['note']} | – | – | – | –")
+                lines.append(f"| {label} | {name} ({unit}) | {c['n']} | {_fmt(c['mean_diff'], d)} | {tests} | "
+                             f"{c['lower']} / {c['higher']} / {c['ties']} |")
+        lines += ["", f"Multiple comparisons: Holm's step-down correction over the {correction['tests']} paired "
+                      f"t-tests of this table ({correction['family']}); the raw p-values are beside them.",
+                  "", "### Power (paired t-test, two-sided, alpha 0.05, 80 % power, from the observed SD)", ""]
+        for label in labels[1:]:
+            for m, (name, unit) in METRICS.items():
+                lines.append(_power_line(label, name, unit, study["paired"][label][m], digits[m]))
+        lines += ["", f"## Where it helps: per-class test error, criterion − {labels[0]} (percentage points, "
+                      f"mean over seeds; the {TOP_CLASSES} classes with the largest |difference|)", "",
+                  f"| criterion | class | {labels[0]} error (%) | criterion error (%) | difference | seeds |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for label in labels[1:]:
+            rows = study["per_class"].get(label) or []
+            if not rows:
+                lines.append(f"| {label} | (no per-class accuracy recorded) | – | – | – | – |")
+            for row in rows:
+                lines.append(f"| {label} | {row['name']} | {row['reference_err']:.2f} | {row['criterion_err']:.2f} | "
+                             f"{row['mean_diff']:+.2f} | {row['n']} |")
     pairing = study["pairing"]
     lines += ["", "Pairing: " + ("every seed gave all criteria the same initial weights and the same first "
                                  "training batch." if pairing["ok"] else
                                  f"NOT PAIRED for {len(pairing['mismatches'])} checks (see study.json)."),
               "", "## Runs", "",
               "| criterion | seed | " + " | ".join(f"{lbl} ({unit})" for lbl, unit in METRICS.values())
-              + " | epochs | wall (s) | folder |",
-              "|---|---:|" + "---:|" * len(METRICS) + "---:|---:|---|"]
+              + " | T | epochs | wall (s) | folder |",
+              "|---|---:|" + "---:|" * len(METRICS) + "---:|---:|---:|---|"]
     for r in study["runs"]:
         cells = [_fmt(r["metrics"].get(m), digits[m]) for m in METRICS]
         lines.append(f"| {r['criterion']} | {r['seed']} | " + " | ".join(cells)
-                     + f" | {r['epochs']} | {r['wall_s']:.0f} | {r['dir']} |")
+                     + f" | {_fmt(r.get('temperature'), 3)} | {r['epochs']} | {r['wall_s']:.0f} | {r['dir']} |")
     lines += ["", "![validation top-1 error per epoch](curves.png)", ""]
+    if labels[1:]:
+        lines += [f"![paired differences per seed against {labels[0]}](paired_differences.png)", ""]
     return "\n".join(lines)
+
+
+def save_paired_differences(study: dict[str, Any], path: Path) -> Path | None:
+    """``paired_differences.png``: the per-seed differences of every criterion x metric; None without any."""
+    from crl_lightning.figures import paired_differences_figure, save_figure
+
+    reference = study["criteria"][0]
+    rows = [(f"{label} − {reference}\n{name} ({unit})", c["diffs"], c["mean_diff"], c["ci_low"], c["ci_high"])
+            for label, by_metric in study["paired"].items() for m, (name, unit) in METRICS.items()
+            if (c := by_metric[m])["diffs"]]
+    if not rows:
+        return None
+    fig = paired_differences_figure(rows, title=f"Paired differences per seed (criterion − {reference}), 95 % t CI")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    save_figure(fig, tmp).replace(path)
+    return path
 
 
 def save_curves(study: dict[str, Any], path: Path) -> Path | None:
@@ -406,7 +646,8 @@ def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``crl study`` (see the module docstring); ``args`` excludes the ``study`` word.
 
     Raises:
-        SystemExit: bad arguments (argparse, code 2).
+        SystemExit: bad arguments (argparse, code 2); `INCOMPLETE_EXIT_CODE` (3) when ``--budget-min`` stopped
+            the study with runs left (its partial study.json/md are written).
     """
     parser = argparse.ArgumentParser(
         prog="crl study", allow_abbrev=False,
@@ -420,6 +661,10 @@ def main(args: Sequence[str] | None = None) -> None:
                              "reference of the paired comparisons")
     parser.add_argument("--seeds", nargs="+", required=True, help="seeds, e.g. 0-4 or 0 1 2 or 0-2,7")
     parser.add_argument("--out", required=True, help="study folder: <out>/<criterion>/seed_<seed>, study.json/md")
+    parser.add_argument("--budget-min", type=float, default=None,
+                        help="wall budget in minutes: stop cleanly before a run that would end past it (the first "
+                             f"run still to do always starts), write the partial report and exit with code "
+                             f"{INCOMPLETE_EXIT_CODE}; the same command again resumes (default: no budget)")
     opts, passthrough = parser.parse_known_args(list(sys.argv[1:] if args is None else args))
     for reserved in ("--seed_everything", "--data.init_args.seed", "--trainer.default_root_dir", "--ckpt_path"):
         if any(a == reserved or a.startswith(reserved + "=") for a in passthrough):
@@ -430,16 +675,26 @@ def main(args: Sequence[str] | None = None) -> None:
             criterion_arguments(spec)
     except ValueError as err:
         parser.error(str(err))
+    if opts.budget_min is not None and not opts.budget_min > 0:
+        parser.error(f"--budget-min: expected a positive number of minutes, got {opts.budget_min}")
     base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
     out = Path(opts.out)
     with folder_lock(out, "crl study"):  # one command at a time on a study folder
-        study = run_study(base_args, opts.criteria, seeds, out)
+        study = run_study(base_args, opts.criteria, seeds, out, budget_min=opts.budget_min)
     curves = save_curves(study, out / "curves.png")
-    study["files"] = {"study_md": "study.md", "curves": curves.name if curves else None}
+    differences = save_paired_differences(study, out / "paired_differences.png")
+    study["files"] = {"study_md": "study.md", "curves": curves.name if curves else None,
+                      "paired_differences": differences.name if differences else None}
     write_json(out / "study.json", study)
     report = format_study(study)
     write_text_atomic(out / "study.md", report)
     print(report)
     print(f"crl study: wrote {out / 'study.json'}, {out / 'study.md'}" + (f", {curves}" if curves else "")
+          + (f", {differences}" if differences else "")
           + f"; each run's checkpoint, test_metrics.json, history.csv and figures/ are under {out}/<criterion>/"
           "seed_<seed>/")
+    if not study["complete"]:
+        print(f"crl study: stopped at the wall budget of {opts.budget_min} min with {len(study['remaining'])} of "
+              f"{len(study['remaining']) + len(study['runs'])} runs left; run the same command again to resume "
+              f"(exit code {INCOMPLETE_EXIT_CODE})")
+        raise SystemExit(INCOMPLETE_EXIT_CODE)

@@ -30,13 +30,15 @@ def test_fit_then_test_writes_exactly_the_report_files_and_keys(tmp_path, saved_
         "history.csv", METRICS_FILENAME, "confusion_matrix.csv", *FIGURES])
     record = json.loads((run / METRICS_FILENAME).read_text())
     assert set(record) == {"format", "created", "dataset", "backbone", "model", "criterion", "seed", "fold",
-                           "experiment", "command", "epochs", "trained_by", "metrics", "per_class_acc",
-                           "class_names", "num_samples", "ckpt_path", "files", "config"}
+                           "experiment", "command", "epochs", "trained_by", "metrics", "temperature",
+                           "temperature_note", "per_class_acc", "class_names", "num_samples", "ckpt_path", "files",
+                           "config"}
     assert record["format"] == "crl_lightning.test_metrics/2"
     assert (record["command"], record["epochs"], record["trained_by"], record["fold"]) == ("fit", 1, None, None)
     assert set(record["experiment"]) == {"id", "label", "settings"} and len(record["experiment"]["id"]) == 12
     assert set(record["metrics"]) == {"test_loss", "test_top1_err", "test_top5_err", "test_ece", "test_nll",
-                                      "test_mean_class_acc"}
+                                      "test_mean_class_acc", "test_nll_ts", "test_ece_ts"}
+    assert record["temperature"] > 0 and record["temperature_note"].startswith("fitted on the 144 validation")
     assert record["files"] == {"confusion_matrix": "confusion_matrix.csv", "figures": {
         "softmax_heatmap": FIGURES[2], "reliability_diagram": FIGURES[1], "confusion_matrix": FIGURES[0]}}
     assert record["num_samples"] == 128 and len(record["per_class_acc"]) == 10  # 2 test batches of 64

@@ -67,6 +67,19 @@ def test_compare_several_metrics_and_digits(two_run_folders, capsys):
     )
 
 
+def test_compare_temperature_scaled_metrics_have_the_raw_units_and_digits(tmp_path, capsys):
+    for seed, (nll, nll_ts) in enumerate(((0.31, 0.25), (0.33, 0.27))):
+        write_run(tmp_path / f"v{seed}", "DigitsDataModule", "preact_resnet20", CE, seed, 1.0, test_nll=nll,
+                  test_nll_ts=nll_ts, test_ece_ts=0.01 + seed / 100)
+    crl(["compare", str(tmp_path), "--metric", "test_nll_ts", "--metric", "test_ece_ts"])
+    assert capsys.readouterr().out == (
+        f"test_nll_ts (nats): {CAPTION}\n\n| experiment | CE |\n|---|---|\n"
+        "| Digits / preact_resnet20 | 0.2600 ± 0.0141 (n=2) |\n\n"
+        f"test_ece_ts (fraction): {CAPTION}\n\n| experiment | CE |\n|---|---|\n"
+        "| Digits / preact_resnet20 | 0.0150 ± 0.0071 (n=2) |\n"
+    )
+
+
 def test_compare_errors(two_run_folders, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         crl(["compare", str(two_run_folders[0]), "--metric", "test_bogus"])

@@ -11,6 +11,8 @@ from PIL import Image
 from crl_lightning.data import AdienceDataModule
 from crl_lightning.figures import (
     confusion_matrix_figure,
+    learning_curves,
+    paired_differences_figure,
     reliability_diagram,
     save_figure,
     save_test_figures,
@@ -153,3 +155,25 @@ def test_figures_leave_the_pyplot_backend_alone():
     before = sys.modules.get("matplotlib.pyplot")
     softmax_heatmap(torch.ones(2, 2) / 2)
     assert sys.modules.get("matplotlib.pyplot") is before  # object API only: no pyplot import, no window
+
+
+def test_learning_curves_have_integer_epoch_ticks():
+    fig = learning_curves({"ce": [([1, 2, 3], [50.0, 40.0, 35.0])], "crl": [([1, 2, 3], [52.0, 39.0, 33.0])]})
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) > 1 and all(float(t).is_integer() for t in ticks)  # no 1.5, 2.5 on an epoch axis
+
+
+def test_paired_differences_figure_has_a_row_per_comparison(tmp_path):
+    rows = [("crl − ce\ntest top-1 error (%)", [-0.5, 0.2, -1.0], -0.43, -1.3, 0.45),
+            ("crl − ce\ntest NLL (nats)", [0.01], 0.01, None, None)]  # one seed: no interval
+    fig = paired_differences_figure(rows, title="Paired differences")
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "Paired differences"
+    top = fig.axes[0]
+    assert [tuple(line.get_xdata()) for line in top.get_lines() if tuple(line.get_xdata()) == (0.0, 0.0)]  # zero line
+    assert sorted(top.collections[0].get_offsets()[:, 0].tolist()) == [-1.0, -0.5, 0.2]  # a dot per seed
+    assert_png(save_figure(fig, tmp_path / "paired_differences.png"))
+    with pytest.raises(ValueError, match="expected at least one comparison, got none"):
+        paired_differences_figure([])
+    with pytest.raises(ValueError, match="expected per-seed differences for 'x', got none"):
+        paired_differences_figure([("x", [], None, None, None)])

@@ -48,7 +48,10 @@ class TestReport(L.Callback):
           ``"test"``: the ``run_dir`` that trained the checkpoint and its ``ckpt_path``), ``epochs`` (epochs
           the tested weights were trained for), ``metrics`` (every scalar
           ``test_*`` value in ``trainer.callback_metrics``: ``_err``/``_acc`` in percent, ``test_ece`` a
-          fraction, ``test_nll`` in nats), ``per_class_acc`` (percent, ``null`` for an absent class),
+          fraction, ``test_nll`` in nats; ``test_nll_ts``/``test_ece_ts`` the same after temperature scaling),
+          ``temperature`` (the T of `ImageClassifier.temperature`, fitted on the validation split, or ``null``)
+          and ``temperature_note`` (how it was fitted, or why not, e.g. no validation split held out from the
+          test split), ``per_class_acc`` (percent, ``null`` for an absent class),
           ``num_samples``, ``ckpt_path``, ``files`` and ``config`` (the resolved CLI config or ``null``);
         * ``confusion_matrix.csv``: C x C counts, rows = true class, columns = predicted class; the header
           row is `CONFUSION_CORNER` ("true", a backslash, "predicted") and the class names, the first column
@@ -215,6 +218,8 @@ class TestReport(L.Callback):
             "created": utc_now(),
             **self._identity(trainer, pl_module),
             "metrics": metrics,
+            "temperature": getattr(pl_module, "temperature", None),
+            "temperature_note": getattr(pl_module, "temperature_note", None) or "not fitted: the model fits none",
             "per_class_acc": results.get("per_class_acc"),
             "class_names": names_of_classes,
             "num_samples": int(confusion.sum()) if confusion is not None else None,

@@ -277,6 +277,15 @@ class ImageDataModule(L.LightningDataModule):
             log.warning("%s: skipped %d unreadable image reads so far (bad_images='skip')",
                         type(self).__name__, skipped)
 
+    @property
+    def validation_held_out(self) -> bool:
+        """True when validation runs on images held out from the test split (a val split, or ``val_split > 0``).
+
+        False when ``val_split=0`` and the dataset has no validation split of its own: then validation runs on
+        the test split, and nothing may be fitted on it (`ImageClassifier` then fits no temperature).
+        """
+        return bool(self.has_val_split) or self.val_split > 0
+
     def split_indices(self, dataset: Dataset) -> tuple[list[int], list[int]]:
         """Seeded train/val indices of ``dataset``, stratified by class when the targets are known."""
         targets = dataset_targets(dataset)
