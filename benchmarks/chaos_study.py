@@ -106,7 +106,10 @@ def chaos(args: argparse.Namespace) -> dict[str, object]:
                          f"{clean.returncode}:\n{clean.stdout[-3000:]}")
 
     rng = random.Random(args.random_seed)
-    max_delay = args.max_delay or 2 * clean_s / args.kills + 5  # about kills x the study's length in all
+    # An attempt makes less progress than its delay (its start-up counts too), so with kills x max_delay under the
+    # clean study's time no attempt can complete before every kill has landed, however fast the machine is.
+    max_delay = args.max_delay or 0.8 * clean_s / max(args.kills, 1)
+    min_delay = min(args.min_delay, max_delay / 2)
     command = study_command(out / "chaos", args.epochs, args.seeds, args.train_batches)
     kills = restarts = resumed = takeovers = checked = temporary = 0
     truncated: list[str] = []
@@ -114,7 +117,7 @@ def chaos(args: argparse.Namespace) -> dict[str, object]:
     while True:
         process = subprocess.Popen(command, **run, start_new_session=True)
         restarts += 1
-        delay = rng.uniform(args.min_delay, max_delay) if kills < args.kills else None
+        delay = rng.uniform(min_delay, max_delay) if kills < args.kills else None
         try:
             output = process.communicate(timeout=delay)[0]
         except subprocess.TimeoutExpired:
@@ -157,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (x criteria crl, ce)")
     parser.add_argument("--train-batches", type=int, default=4, help="training batches per epoch")
     parser.add_argument("--random-seed", type=int, default=0, help="seed of the kill moments")
-    parser.add_argument("--min-delay", type=float, default=1.0, help="shortest time (s) before a kill")
+    parser.add_argument("--min-delay", type=float, default=1.0,
+                        help="shortest time (s) before a kill (at most half the longest)")
     parser.add_argument("--max-delay", type=float, default=None,
-                        help="longest time (s) before a kill (default: 2 x the clean study's time / kills + 5)")
+                        help="longest time (s) before a kill (default: 0.8 x the clean study's time / kills, so "
+                             "the study cannot complete before every kill)")
     parser.add_argument("--out", default=None, help="working folder (default: a new temporary folder)")
     args = parser.parse_args(argv)
     if args.kills < 0 or args.epochs < 1 or args.seeds < 1:
