@@ -34,7 +34,13 @@ TRACEBACK_ENV = "CRL_TRACEBACK"
 #: ModelCheckpoint's notice that the ``ckpt_path`` came from another folder: every ``crl`` run logs into a new
 #: ``version_N`` folder, so a resumed ``crl fit`` (and any ``crl test --ckpt_path``) always has another one.
 #: The resumed ModelCheckpoint keeps ``best_model_path`` and ranks the checkpoints it saves itself afresh.
+#: Also: LightningCLI's notice that ``args`` and ``sys.argv`` are both given, which ``crl study``/``crl cv`` do on
+#: purpose (each run is a `build_cli` call inside the command), and the notice that a checkpoint holds the state
+#: of ``crl study``'s `PairingFingerprint` only (a callback of the study's fit, not needed to test or predict).
 HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r"LightningCLI's args parameter is intended to run from within Python", UserWarning),
+    (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during "
+     r"`Trainer` instantiation\. Please add the following callbacks: \['PairingFingerprint'\]\.", UserWarning),
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     (r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency", UserWarning),
     (r"The dirpath has changed from .* therefore `best_model_score`", UserWarning),

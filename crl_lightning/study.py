@@ -387,7 +387,7 @@ def main(args: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="crl study", allow_abbrev=False,
         description="Train every criterion with every seed from one config (paired runs), then tabulate test "
-                    "metrics, paired differences (95%% CI, paired t-test, Wilcoxon) and learning curves. Other "
+                    "metrics, paired differences (95 % CI, paired t-test, Wilcoxon) and learning curves. Other "
                     "--key value arguments are passed to every `crl fit` run.",
     )
     parser.add_argument("--config", action="append", required=True, help="LightningCLI config (repeatable)")

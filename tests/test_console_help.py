@@ -106,3 +106,26 @@ def test_a_wandb_run_prints_no_anonymous_notice(tmp_path, monkeypatch, capfd):
         wandb.teardown()
     err = capfd.readouterr().err
     assert "anonymous" not in err
+
+
+def test_the_study_notices_are_hidden_and_others_are_not():
+    """Guards against hiding too much: only the fingerprint-only notice goes, another missing callback is named."""
+    import warnings
+
+    from crl_lightning.console import quiet_console
+
+    head = ("Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided "
+            "during `Trainer` instantiation. Please add the following callbacks: ")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_console()
+        warnings.warn("LightningCLI's args parameter is intended to run from within Python like if", stacklevel=1)
+        warnings.warn(head + "['PairingFingerprint'].", stacklevel=1)
+        warnings.warn(head + "['PairingFingerprint', 'MyCallback'].", stacklevel=1)
+    assert [str(w.message) for w in caught] == [head + "['PairingFingerprint', 'MyCallback']."]
+
+
+def test_study_help_says_95_percent_ci(capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    assert "(95 % CI," in " ".join(capsys.readouterr().out.split())
