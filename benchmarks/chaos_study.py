@@ -106,9 +106,14 @@ def chaos(args: argparse.Namespace) -> dict[str, object]:
                          f"{clean.returncode}:\n{clean.stdout[-3000:]}")
 
     rng = random.Random(args.random_seed)
-    # An attempt makes less progress than its delay (its start-up counts too), so with kills x max_delay under the
-    # clean study's time no attempt can complete before every kill has landed, however fast the machine is.
-    max_delay = args.max_delay or 0.8 * clean_s / max(args.kills, 1)
+    # Every attempt first pays the start-up (imports) again, then makes at most (delay - start-up) of progress: with
+    # kills x (max_delay - start-up) under the clean study's work, every kill lands before the study can end, on a
+    # quiet machine as on a loaded one, and the kills spread from the start-up over the whole study.
+    begin = time.monotonic()
+    subprocess.run([sys.executable, "-m", "crl_lightning", "study", "--help"], **run, check=False)
+    startup_s = time.monotonic() - begin
+    work_s = max(clean_s - startup_s, 1.0)
+    max_delay = args.max_delay or startup_s + 0.8 * work_s / max(args.kills, 1)
     min_delay = min(args.min_delay, max_delay / 2)
     command = study_command(out / "chaos", args.epochs, args.seeds, args.train_batches)
     kills = restarts = resumed = takeovers = checked = temporary = 0
@@ -161,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batches", type=int, default=4, help="training batches per epoch")
     parser.add_argument("--random-seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--min-delay", type=float, default=1.0,
-                        help="shortest time (s) before a kill (at most half the longest)")
+                        help="shortest time (s) before a kill (at most half the longest; kills before the study "
+                             "takes its lock land in the start-up)")
     parser.add_argument("--max-delay", type=float, default=None,
-                        help="longest time (s) before a kill (default: 0.8 x the clean study's time / kills, so "
-                             "the study cannot complete before every kill)")
+                        help="longest time (s) before a kill (default: the start-up time plus 0.8 x the clean "
+                             "study's work / kills, so the study cannot complete before every kill)")
     parser.add_argument("--out", default=None, help="working folder (default: a new temporary folder)")
     args = parser.parse_args(argv)
     if args.kills < 0 or args.epochs < 1 or args.seeds < 1:

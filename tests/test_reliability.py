@@ -256,7 +256,7 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, command):
 @pytest.mark.slow
 def test_a_study_killed_three_times_gives_the_uninterrupted_results(tmp_path):
     start = time.monotonic()
-    # the default delays (at most 0.8 x the clean study's time / kills): every kill lands before the study ends,
+    # the default delays (start-up + at most 0.8 x the clean study's work / kills): every kill lands before it ends,
     # on a fast machine as on a loaded one (fixed delays of 6-16 s let a quiet machine finish after one kill)
     command = [sys.executable, str(ROOT / "benchmarks" / "chaos_study.py"), "--kills", "3", "--seeds", "1",
                "--epochs", "2", "--out", str(tmp_path)]
