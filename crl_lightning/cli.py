@@ -32,6 +32,7 @@ from crl_lightning.runs import (
     AtomicCheckpointIO,
     check_checkpoint,
     newest_last_checkpoint,
+    read_checkpoint_entry,
     remove_config_only_run_dir,
     run_dir,
 )
@@ -69,9 +70,11 @@ class CRLCLI(LightningCLI):
     ``in_chans`` that was set (not the default) and differs from the DataModule's is refused (`ConfigError`),
     where the link would silently replace it; so is a model value that was set and differs from the ``ckpt_path``'s
     hyper-parameters, which LightningCLI would silently put in its place (`refuse_replaced_model_values`).
-    Checkpoints are written atomically in their folder by `crl_lightning.runs.AtomicCheckpointIO` (added to
-    ``trainer.plugins`` unless a ``CheckpointIO`` is configured), so a full disk keeps the earlier ones and ends
-    with one line. The progress bar shows only what the model puts on it
+    ``test``/``validate``/``predict`` of a checkpoint give the DataModule the state the checkpoint saved of it
+    (its normalisation, `ImageDataModule.state_dict`) before its setup, which then does not read the training
+    images again. Checkpoints are written atomically in their folder by `crl_lightning.runs.AtomicCheckpointIO`
+    (added to ``trainer.plugins`` unless a ``CheckpointIO`` is configured), so a full disk keeps the earlier ones
+    and ends with one line. The progress bar shows only what the model puts on it
     (`CompactProgressBar`); fit and test end with one line naming the run folder and its files (`run_summary`),
     predict with one naming the ``predictions.csv`` it wrote (`PredictionWriter`); a predict that fails leaves
     no run folder holding only its config (`remove_config_only_run_dir`).
@@ -134,6 +137,11 @@ class CRLCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), self.trainer.default_root_dir)
         evaluated = config["ckpt_path"] if self.subcommand != "fit" and isinstance(config["ckpt_path"], str) else None
+        if evaluated is not None and self.datamodule is not None:
+            # the checkpoint's DataModule state (its normalisation) before setup, so setup need not recompute it
+            state = read_checkpoint_entry(evaluated, type(self.datamodule).__qualname__)
+            if isinstance(state, dict):
+                self.datamodule.load_state_dict(state)
         configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand,
                                 ckpt_path=evaluated)
 

@@ -13,7 +13,13 @@ import math
 import pytest
 import torch
 
-from crl_lightning.losses import CompetingRatioLoss, competing_ratio_loss, focal_loss, poly1_cross_entropy
+from crl_lightning.losses import (
+    CompetingRatioLoss,
+    FocalLoss,
+    competing_ratio_loss,
+    focal_loss,
+    poly1_cross_entropy,
+)
 from crl_lightning.losses import functional as LF
 
 
@@ -305,3 +311,28 @@ def test_baselines_name_themselves_when_given_soft_targets():
         poly1_cross_entropy(logits, soft)
     with pytest.raises(ValueError, match=r"^target: focal_loss expected integer class indices of shape \(4,\)"):
         focal_loss(logits, soft)
+
+
+def test_focal_alpha_of_another_length_is_refused_with_the_documented_message():
+    """Guards against checking the shape of no weight (``None``) instead of ``alpha``: a wrong length then fails
+    later, or broadcasts, instead of this message."""
+    with pytest.raises(ValueError, match=r"^weight: expected a 1-D tensor of 3 per-class weights, got shape \(2,\)$"):
+        focal_loss(torch.zeros(2, 3), torch.tensor([0, 1]), alpha=[0.5, 0.5])
+
+
+def test_a_list_alpha_goes_to_the_logits_device():
+    """Guards against building a list ``alpha`` without the logits' device (CPU; an error on an accelerator). The
+    meta device stands in for a GPU: mixing it with a CPU tensor raises, as CUDA does."""
+    logits, target = torch.zeros(2, 2, device="meta"), torch.zeros(2, dtype=torch.long, device="meta")
+    assert focal_loss(logits, target, alpha=[0.25, 0.75]).device.type == "meta"
+
+
+@pytest.mark.parametrize(("cls", "key"), [(CompetingRatioLoss, "weight"), (FocalLoss, "alpha")])
+def test_class_weights_stay_out_of_the_state_dict_and_refuse_two_dimensions(cls, key):
+    """Guards against a persistent weight buffer (checkpoints would then carry, and demand, ``criterion.weight``)
+    and against a 2-D weight error that is not this message."""
+    criterion = cls(**{key: [1.0, 2.0, 3.0]})
+    assert criterion.state_dict() == {}
+    assert torch.equal(criterion.weight, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"^weight: expected a 1-D list of per-class weights, got shape \(2, 2\)$"):
+        cls(**{key: [[1.0, 2.0], [3.0, 4.0]]})

@@ -121,6 +121,15 @@ def test_one_off_accuracy_argument_errors():
         one_off_accuracy_from_confusion(torch.zeros(3, 3))
 
 
+@pytest.mark.parametrize("metric", [OneOffAccuracy, NegativeLogLikelihood, ExpectedCalibrationError])
+@pytest.mark.parametrize("shape", [(2, 1), (3,), (1,)])
+def test_target_of_another_shape_is_refused(metric, shape):
+    """Guards against accepting a (N, 1) target (it broadcasts against (N,) into an (N, N) comparison) or a
+    target of another length than the predictions: either condition alone must raise."""
+    with pytest.raises(ValueError, match=rf"target: expected shape \(2,\) of class indices, got \({shape[0]},"):
+        metric(3).update(torch.zeros(2, 3), torch.zeros(shape, dtype=torch.long))
+
+
 def test_eval_metrics_names():
     assert set(eval_metrics(8, (1, 5), "test_", ordinal=True).keys(keep_base=False)) == {
         "test_top1_err", "test_top5_err", "test_exact_acc", "test_one_off_acc"}

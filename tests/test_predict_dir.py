@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from data_fixtures import truncate, write_image_folder
 from PIL import Image
 
@@ -115,3 +116,35 @@ def test_only_a_folder_holding_nothing_but_its_config_is_removed(tmp_path):
     assert remove_config_only_run_dir(tmp_path / "run") and not (tmp_path / "run").exists()
     assert not remove_config_only_run_dir(tmp_path / "kept") and (tmp_path / "kept" / "config.yaml").is_file()
     assert not remove_config_only_run_dir(tmp_path / "missing")
+
+
+@pytest.mark.usefixtures("plain_argv")
+def test_predict_of_a_labelled_split_with_an_unreadable_image_skips_it_and_keeps_rows_aligned(tmp_path):
+    """Without predict_dir the test split is predicted; a truncated file there is left out under skip, and every
+    row still names its own file and true class (the batches are not shifted by the skipped image)."""
+    root = tmp_path / "data"
+    write_image_folder(root, {"train": 4, "test": 3}, size=(32, 32))
+    cut = sorted((root / "test").rglob("*.png"))[1]
+    truncate(cut)
+    cli = build_cli(["predict", "--config", str(CONFIGS / "image_folder_cpu.yaml"), "--data.init_args.data_dir",
+                     str(root), "--data.init_args.batch_size", "4", "--data.init_args.bad_images", "skip",
+                     "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false"])
+    with open(tmp_path / "runs" / "lightning_logs" / "version_0" / PREDICTIONS_FILENAME, newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = cli.datamodule.classes
+    expected = [p for p in sorted((root / "test").rglob("*.png")) if p != cut]
+    assert [r["path"] for r in rows] == [str(p) for p in expected]
+    assert [r["target_name"] for r in rows] == [p.parent.name for p in expected]
+    assert [int(r["target"]) for r in rows] == [classes.index(p.parent.name) for p in expected]
+    assert [int(r["index"]) for r in rows] == list(range(len(expected)))
+
+
+def test_prediction_writer_refuses_a_batch_that_lost_samples():
+    from crl_lightning.callbacks import PredictionWriter
+
+    writer = PredictionWriter()
+    probs = torch.tensor([[0.5, 0.3125, 0.1875], [0.125, 0.25, 0.625]])
+    with pytest.raises(ValueError, match=r"predict batch 7: .* got 2 predictions for 3 indices"):
+        writer.write_on_batch_end(None, None, probs, [0, 1, 2], [probs, torch.tensor([0, 1])], 7, 0)
+    writer.write_on_batch_end(None, None, probs, [4, 5], [probs, torch.tensor([2, 0])], 8, 0)
+    assert writer._rows == [(4, 2, [0, 1, 2], [0.5, 0.3125, 0.1875]), (5, 0, [2, 1, 0], [0.625, 0.25, 0.125])]

@@ -209,3 +209,32 @@ def test_class_balanced_subset_is_seeded():
     targets = [i % 4 for i in range(400)]
     assert class_balanced_subset(targets, 10, seed=7) == class_balanced_subset(targets, 10, seed=7)
     assert len({str(class_balanced_subset(targets, 10, seed=s)) for s in range(4)}) == 4
+
+
+def test_subject_kfold_defaults_are_five_folds_and_seed_0():
+    """Guards against other defaults for ``n_splits`` (5) and ``seed`` (0): the Adience protocol is five folds,
+    and a default seed other than 0 would change every fold of a config that does not set one."""
+    targets = [i % 2 for i in range(40)]
+    groups = [f"s{i // 2}" for i in range(40)]  # 20 subjects of 2 images
+    folds = subject_kfold(targets, groups)
+    assert len(folds) == 5
+    seeded = subject_kfold(targets, groups, n_splits=5, seed=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, seeded, strict=True))
+    other = subject_kfold(targets, groups, n_splits=5, seed=1)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds, other, strict=True))
+
+
+def test_subject_kfold_keeps_scikit_learns_small_class_warning_from_the_user(recwarn):
+    """Guards against dropping the filter: with a class of fewer samples than folds (but another class with
+    enough, so the stratified splitter runs) scikit-learn warns "The least populated class in y has only 2
+    members", which says nothing the user can act on here."""
+    targets = [0] * 10 + [1] * 2
+    groups = [f"s{i}" for i in range(12)]
+    subject_kfold(targets, groups, n_splits=3, seed=0)
+    assert [str(w.message) for w in recwarn if "least populated" in str(w.message)] == []
+
+
+def test_subject_kfold_errors_name_the_function():
+    """Guards against the group-count error losing the name of the split that raised it."""
+    with pytest.raises(ValueError, match=r"^subject_kfold: expected at least 3 distinct groups \(subjects\), got 2$"):
+        subject_kfold([0, 1, 0, 1], ["a", "a", "b", "b"], n_splits=3)

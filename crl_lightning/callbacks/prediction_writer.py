@@ -57,7 +57,8 @@ class PredictionWriter(BasePredictionWriter):
         dirpath: where to write; ``None`` uses `run_dir`.
 
     Raises:
-        ValueError: ``top_k < 1``; at write time, a prediction that is not an (N, C) tensor.
+        ValueError: ``top_k < 1``; at write time, a prediction that is not an (N, C) tensor, or a batch with
+            fewer predictions than sample indices (a collate function that dropped samples).
     """
 
     def __init__(self, top_k: int | None = 5, dirpath: str | Path | None = None) -> None:
@@ -92,6 +93,13 @@ class PredictionWriter(BasePredictionWriter):
         values, classes = probs.topk(k, dim=1)
         start = len(self._rows)
         indices = list(batch_indices) if batch_indices else range(start, start + len(probs))
+        if len(indices) != len(probs):
+            raise ValueError(
+                f"predict batch {batch_idx}: expected one prediction per sample index, got {len(probs)} predictions "
+                f"for {len(indices)} indices: the collate function dropped samples (an unreadable image under "
+                "bad_images='skip'?), so the rows cannot be matched to their images; leave such samples out of "
+                "the predict dataset instead (as ImageDataModule does)"
+            )
         self._rows += zip(indices, _batch_targets(batch, len(probs)), classes.tolist(), values.tolist(), strict=True)
 
     @override

@@ -215,6 +215,51 @@ class ImageDataModule(L.LightningDataModule):
         return sum(getattr(d, "num_skipped", 0) for d in seen.values())
 
     # ----- Lightning contract -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this DataModule: the normalisation its network was trained with.
+
+        ``{"stats": {"mean": [...], "std": [...]}}`` (per channel, of the [0, 1] pixels; empty before the stats
+        are known). Lightning saves it in every checkpoint under the class name; `load_state_dict` takes it back,
+        so ``crl test``/``crl predict`` of a checkpoint need not read the training images again to recompute
+        the stats (`ImageFolderDataModule`, `DigitsDataModule`).
+        """
+        if self.stats is None:
+            return {}
+        mean, std = self.stats
+        return {"stats": {"mean": [float(m) for m in mean], "std": [float(v) for v in std]}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the normalisation of a checkpoint's `state_dict` (a dict without ``"stats"`` changes nothing).
+
+        Stats that differ from those already set (given as ``mean``/``std``, or computed from the training
+        images as they are now) are replaced, with a warning naming both: the network expects the stats it was
+        trained with. Splits set up before (Lightning restores a checkpoint after `setup`) get new transforms.
+
+        Raises:
+            ValueError: ``"stats"`` is not ``{"mean": [...], "std": [...]}`` of equal lengths with positive std.
+        """
+        stats = state_dict.get("stats")
+        if stats is None:
+            return
+        mean = stats.get("mean") if isinstance(stats, dict) else None
+        std = stats.get("std") if isinstance(stats, dict) else None
+        if not (isinstance(mean, list | tuple) and isinstance(std, list | tuple) and len(mean) == len(std) >= 1
+                and all(float(v) > 0 for v in std)):
+            raise ValueError(f"{type(self).__name__} checkpoint state 'stats': expected {{'mean': [...], 'std': "
+                             f"[...]}} of equal lengths with positive std, got {stats!r}")
+        restored = (tuple(float(m) for m in mean), tuple(float(v) for v in std))
+        if self.stats is not None and not np.allclose(np.asarray(self.stats), np.asarray(restored), rtol=0,
+                                                      atol=1e-6):
+            log.warning("%s: the checkpoint's normalisation (mean %s, std %s) replaces mean %s, std %s: the "
+                        "network was trained with it", type(self).__name__, *[[round(v, 4) for v in x] for x in
+                                                                               (*restored, *self.stats)])
+        self.stats = restored
+        for split, dataset in self.datasets.items():
+            if isinstance(dataset, TransformedSubset) and dataset.transform is not None:
+                transform = self.transform(split)
+                if transform is not None:
+                    dataset.transform = transform
+
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and "train" not in self.datasets:
             self._setup_fit()
@@ -240,13 +285,17 @@ class ImageDataModule(L.LightningDataModule):
             self.datasets.setdefault("test", self.datasets["val"])
 
     def _setup_predict(self) -> None:
-        """``datasets["predict"]``: the images under `predict_dir` (nothing without it); after the test split.
+        """``datasets["predict"]``: the images under `predict_dir`; after the test split.
 
         Each file is decoded once here (`inspect_images`): unreadable ones raise or, with ``bad_images="skip"``,
         are left out; the others are read in the model's channels (`in_chans`) and resized to `input_size`,
-        and one line counts what was resized, converted and skipped. No file is changed on disk.
+        and one line counts what was resized, converted and skipped. No file is changed on disk. Without
+        `predict_dir` the test split is predicted (`_readable_test_split`).
         """
-        if self.predict_dir is None or "predict" in self.datasets:
+        if "predict" in self.datasets:
+            return
+        if self.predict_dir is None:
+            self._readable_test_split()
             return
         mode, size = "L" if self.in_chans == 1 else "RGB", self.input_size()
         found = list_image_files(self.predict_dir)
@@ -262,6 +311,28 @@ class ImageDataModule(L.LightningDataModule):
         log.info("%s: predict_dir %s: %d images, %s, %d converted to %s, %d unreadable skipped",
                  type(self).__name__, self.predict_dir, len(paths), resized, sum(m != mode for m in modes), mode,
                  len(found) - len(paths))
+
+    def _readable_test_split(self) -> None:
+        """With ``bad_images="skip"``: ``datasets["predict"]``, the test split less its unreadable image files.
+
+        Each file of the test split is decoded once (`inspect_images`); the unreadable ones are left out before
+        the batches are made, so that every prediction keeps its own sample index, file and true class (a batch
+        that dropped a skipped sample would shift them). One line counts what was left out. Splits held in
+        memory, or without image files, have nothing to skip: the test split itself is predicted.
+        """
+        test = self.datasets["test"]
+        inner = getattr(test, "dataset", None)
+        paths = getattr(inner, "paths", None)
+        if self.bad_images != "skip" or not isinstance(test, TransformedSubset) or paths is None:
+            return
+        files = [Path(paths[i]) for i in test.indices]
+        readable = {str(p) for p in inspect_images(files, "skip")[0]}
+        if len(readable) == len(set(map(str, files))):
+            return
+        indices = [i for i in test.indices if str(paths[i]) in readable]
+        self.datasets["predict"] = TransformedSubset(cast(Dataset, inner), indices, test.transform)
+        log.info("%s: predicting the test split: %d of its %d images, %d unreadable left out (bad_images='skip')",
+                 type(self).__name__, len(indices), len(files), len(files) - len(indices))
 
     def input_size(self) -> tuple[int, int] | None:
         """(H, W) of the training input, which `predict_dir` images of another size are resized to.

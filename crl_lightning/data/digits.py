@@ -62,7 +62,8 @@ class DigitsDataModule(ImageDataModule):
                 np.arange(len(targets)), test_size=self.test_split, random_state=self.seed, stratify=targets
             )
             train = images[train_idx].double() / 255.0
-            self.stats = ((train.mean().item(),), (train.std(unbiased=False).item(),))
+            if self.stats is None:  # else restored from a checkpoint (`load_state_dict`): what it was trained with
+                self.stats = ((train.mean().item(),), (train.std(unbiased=False).item(),))
             self._splits = {
                 "train": TensorImageDataset(images[train_idx], targets[train_idx].tolist()),
                 "test": TensorImageDataset(images[test_idx], targets[test_idx].tolist()),

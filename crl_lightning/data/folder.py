@@ -269,6 +269,29 @@ class ImageFolderDataModule(ImageDataModule):
         self.num_classes = len(self.classes)
         self.has_val_split = (self.data_dir / "val").is_dir()
 
+    # ----- checkpoint state -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The base's normalisation and ``"input_size"``: the (H, W) of the first training image, when known."""
+        state = super().state_dict()
+        if self._native_size is not None:
+            state["input_size"] = list(self._native_size)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the normalisation and input size of a checkpoint's `state_dict` (the images are not read).
+
+        Raises:
+            ValueError: ``"input_size"`` is not two positive integers, or the base's ``"stats"`` check fails.
+        """
+        size = state_dict.get("input_size")
+        if size is not None:
+            if not (isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) and v > 0
+                                                                            for v in size)):
+                raise ValueError(f"{type(self).__name__} checkpoint state 'input_size': expected [H, W] in pixels, "
+                                 f"got {size!r}")
+            self._native_size = (size[0], size[1])
+        super().load_state_dict(state_dict)
+
     # ----- data ---------------------------------------------------------------------------------
     def build_dataset(self, split: str) -> ImageFileDataset:
         """The image files of ``split`` (``"train"``, ``"test"``, or ``"val"`` when ``val/`` exists)."""

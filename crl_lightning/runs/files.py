@@ -26,6 +26,7 @@ __all__ = [
     "RecordError",
     "check_checkpoint",
     "newest_last_checkpoint",
+    "read_checkpoint_entry",
     "read_history",
     "read_json",
     "utc_now",
@@ -221,6 +222,24 @@ def check_checkpoint(path: str | Path) -> None:
     if bad is not None:
         raise ValueError(f"ckpt_path: expected a complete checkpoint, got {path}, whose record {bad} fails its "
                          "checksum (corrupt file)")
+
+
+def read_checkpoint_entry(ckpt_path: str | Path, key: str) -> Any | None:
+    """The top-level entry ``key`` of a checkpoint file, or ``None`` (no such entry, a folder, an unreadable file).
+
+    Only the checkpoint's pickled structure is read (its tensors are memory-mapped, not loaded), so reading an
+    entry of a large checkpoint is cheap. Errors are left to Lightning, which reads the file after this.
+    """
+    import torch
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # noqa: BLE001 -- Lightning reports an unreadable checkpoint when it loads it
+        return None
+    return checkpoint.get(key) if isinstance(checkpoint, dict) else None
 
 
 def newest_last_checkpoint(root: str | Path) -> Path | None:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from crl_lightning.runs.files import RecordError, _jsonable, read_json
+from crl_lightning.runs.files import RecordError, _jsonable, read_checkpoint_entry, read_json
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -356,17 +356,8 @@ def run_identity(trainer: Any, model: Any, datamodule: Any = None) -> dict[str, 
 def checkpoint_run(ckpt_path: str | Path) -> dict[str, Any] | None:
     """The identity of the run that trained a checkpoint (`CHECKPOINT_KEY`: `run_identity`, ``run_dir``, ``epochs``).
 
-    Only the checkpoint's pickled structure is read (its tensors are memory-mapped, not loaded). ``None`` for a
-    folder (a sharded checkpoint), an unreadable file, or a checkpoint saved without `TestReport`.
+    Read with `read_checkpoint_entry` (tensors memory-mapped, not loaded). ``None`` for a folder (a sharded
+    checkpoint), an unreadable file, or a checkpoint saved without `TestReport`.
     """
-    import torch
-
-    path = Path(ckpt_path)
-    if not path.is_file():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:  # noqa: BLE001 -- a checkpoint that cannot be read names no run; Lightning reports it
-        return None
-    run = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    run = read_checkpoint_entry(ckpt_path, CHECKPOINT_KEY)
     return dict(run) if isinstance(run, Mapping) else None
