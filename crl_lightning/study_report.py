@@ -48,7 +48,7 @@ def overhead_line(overhead: dict[str, Any]) -> str:
     if overhead["overhead_s"] is None:
         return head + " (one epoch: no later epoch to compare; torch.compile time not separable)"
     return (head + f", later epochs {overhead['later_median_s']:.1f} s (median): about {overhead['overhead_s']:.1f} s "
-            "of torch.compile and warm-up")
+            "of warm-up (torch.compile's compilation included when the model compiles)")
 
 
 def study_report(runs: Sequence[dict[str, Any]], labels: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def format_study(study: dict[str, Any]) -> str:
                       f"{len(study['remaining'])} runs ({left}); run the same command again to resume. The tables "
                       "below hold the runs done so far."]
     if study.get("first_run_overhead"):
-        lines += ["", "Compile and warm-up: " + overhead_line(study["first_run_overhead"]) + "."]
+        lines += ["", "Warm-up: " + overhead_line(study["first_run_overhead"]) + "."]
     unfitted = [r for r in study["runs"] if r.get("temperature") is None]
     lines += ["", "Temperature scaling (Guo et al. 2017): after fit, one temperature T per run is fitted on the "
                   "validation split (minimum NLL) with the tested weights; the *temperature-scaled* metrics are "
