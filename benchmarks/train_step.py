@@ -242,7 +242,7 @@ def matmul_flops(device: torch.device, n: int = 4096, repeats: int = 5) -> float
 
 def compare_settings(data: InMemoryData, args: argparse.Namespace, device: torch.device) -> None:
     """Print images/s of Lightning + CRL under the ``args.settings`` of `SETTINGS`, interleaved, with FLOP shares."""
-    names = ["fp32", *[name for name in args.settings if name != "fp32"]]  # float32 is the reference
+    names = list(dict.fromkeys(["fp32", *args.settings]))  # float32 is the reference; each setting once
     models: dict[str, ImageClassifier] = {}
     for name in names:
         _, channels_last, compile_ = SETTINGS[name]
@@ -301,6 +301,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 5:
         parser.error(f"--repeats: expected >= 5 (the table gives medians and ranges), got {args.repeats}")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps/--warmup: expected >= 1 timed and >= 0 warm-up steps, got {args.steps}/{args.warmup}")
     if args.flops_per_cycle < 1:
         parser.error(f"--flops-per-cycle: expected a positive integer, got {args.flops_per_cycle}")
     if args.device == "cuda" and not torch.cuda.is_available():

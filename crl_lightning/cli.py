@@ -140,7 +140,7 @@ class CRLCLI(LightningCLI):
         if evaluated is not None and self.datamodule is not None:
             # the checkpoint's DataModule state (its normalisation) before setup, so setup need not recompute it
             state = read_checkpoint_entry(evaluated, type(self.datamodule).__qualname__)
-            if isinstance(state, dict):
+            if state is not None:
                 self.datamodule.load_state_dict(state)
         configure_wandb_loggers(self.trainer, self.model, self.datamodule, job_type=self.subcommand,
                                 ckpt_path=evaluated)

@@ -47,13 +47,47 @@ def _first_difference(key: str, expected: Any, got: Any) -> tuple[str, Any, Any]
     return key, expected, got
 
 
+def _canonical(value: Any) -> Any:
+    """``value`` with every ``class_path`` written as the class's own ``module.qualname`` where it imports.
+
+    ``crl_lightning.losses.CompetingRatioLoss`` (the re-export a config writes) and
+    ``crl_lightning.losses.modules.CompetingRatioLoss`` (what a checkpoint saved) are then the same value.
+    """
+    if isinstance(value, dict):
+        out = {k: _canonical(v) for k, v in value.items()}
+        path = out.get("class_path")
+        if isinstance(path, str) and "." in path:
+            import importlib
+
+            module, _, name = path.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError, ValueError):
+                return out
+            if isinstance(cls, type):
+                out["class_path"] = f"{cls.__module__}.{cls.__qualname__}"
+        return out
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _at(init_args: dict[str, Any], key: str) -> Any:
+    """The value of ``init_args`` at ``model.init_args.<a>.<b>...`` (``None`` where the path ends early)."""
+    value: Any = init_args
+    for part in key.split(".")[2:]:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def refuse_replaced_model_values(given: dict[str, Any], loaded: dict[str, Any], ckpt_path: str | Path) -> None:
     """Refuse a model init value that was set and that the ``ckpt_path``'s hyper-parameters replaced.
 
     LightningCLI reads the hyper-parameters saved in the checkpoint over the parsed config, so ``crl test
     --ckpt_path C --model.init_args.backbone X`` would test C's backbone without a word. A value counts as set
     when it differs from the model class's default (a config or the command line gave it); one equal to the
-    default may be unset, and the checkpoint's value then applies as before.
+    default may be unset, and the checkpoint's value then applies as before. Class paths are compared as the
+    classes they name (a re-export and the defining module are the same class).
 
     Args:
         given: the model's config as parsed (``class_path``, ``init_args``), before the checkpoint was read.
@@ -68,10 +102,13 @@ def refuse_replaced_model_values(given: dict[str, Any], loaded: dict[str, Any], 
 
     module, _, name = given["class_path"].rpartition(".")
     model_class = getattr(importlib.import_module(module), name)
-    loaded_args = loaded.get("init_args", {})
-    for arg, value in given.get("init_args", {}).items():
+    raw_loaded, raw_given = loaded.get("init_args", {}), given.get("init_args", {})
+    loaded_args = _canonical(raw_loaded)
+    for arg, value in _canonical(raw_given).items():
         if arg in loaded_args and loaded_args[arg] != value and value != init_default(model_class, arg):
-            key, expected, got = _first_difference(f"model.init_args.{arg}", loaded_args[arg], value)
+            key = _first_difference(f"model.init_args.{arg}", loaded_args[arg], value)[0]
+            # the values as written (a config's re-export path, not the canonical one compared)
+            _, expected, got = _first_difference(key, _at(raw_loaded, key), _at(raw_given, key))
             raise ConfigError(
                 f"{key}: expected the checkpoint's value {expected!r} ({ckpt_path}), got {got!r} (from the command "
                 "line or a config); the checkpoint holds that model's weights: give its value or leave the key out"

@@ -75,6 +75,24 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _worker_error(text: str) -> tuple[str, bool] | None:
+    """The original message of an error that a DataLoader worker re-raised in the main process, or ``None``.
+
+    torch re-raises it as ``Caught <Type> in DataLoader worker process <n>.`` followed by the worker's whole
+    traceback; returns ``("<message> (in DataLoader worker process <n>)", own)``, ``own`` when this package
+    defines the error's type (its message then stands without the type's name).
+    """
+    found = re.match(r"Caught (\w+) (in DataLoader worker process \d+)\.\nOriginal Traceback", text)
+    if found is None:
+        return None
+    qualified = re.findall(rf"^([\w.]*\b{found[1]}): (.*)$", text, re.M)
+    if not qualified:
+        return None
+    name, message = qualified[-1]
+    own = name.startswith("crl_lightning.")
+    return f"{message.strip()} ({found[2]})" if own else f"{found[1]}: {message.strip()} ({found[2]})", own
+
+
 def _chain(err: BaseException) -> list[BaseException]:
     """``err`` and the exceptions it was raised from (``__cause__``, else an unsuppressed ``__context__``)."""
     chain = [err]
@@ -104,7 +122,8 @@ def error_message(err: BaseException) -> str:
       package raised (so the project's own message when a class failed to build inside jsonargparse, not
       jsonargparse's dump of the whole config), after the name of the class that failed to build
       (``ImageClassifier: backbone: ...``) when jsonargparse names it; without such an exception, the innermost
-      one's message after its type (``RuntimeError: ...``).
+      one's message after its type (``RuntimeError: ...``);
+    * an error that a DataLoader worker re-raised: the worker's own message, not its traceback (`_worker_error`).
 
     Args:
         err: the exception that ended the command.
@@ -117,7 +136,10 @@ def error_message(err: BaseException) -> str:
     chain = _chain(err)
     i = next((i for i, e in enumerate(chain) if _raised_here(e)), len(chain) - 1)
     text = _one_line(str(chain[i].args[0]) if isinstance(chain[i], KeyError) and chain[i].args else str(chain[i]))
-    if not _raised_here(chain[i]) or not text:
+    worker = _worker_error(str(chain[i]))
+    if worker is not None:
+        text = _one_line(worker[0])
+    elif not _raised_here(chain[i]) or not text:
         text = f"{type(chain[i]).__name__}: {text}" if text else type(chain[i]).__name__
     built = re.search(r"class_path='([\w.]+)'", str(chain[i - 1])) if i > 0 else None
     return f"{built[1].rpartition('.')[2]}: {text}" if built else text

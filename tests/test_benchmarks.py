@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,12 +57,23 @@ def test_step_flops_of_preact_resnet20_match_the_closed_form():
 
 
 def test_train_step_settings_table_at_toy_size():
-    out = _run([sys.executable, "benchmarks/train_step.py", "--settings", "bf16", "fp32-cl", "--image-size", "8",
-                "--batch-size", "4", "--steps", "1", "--warmup", "1"])
+    out = _run([sys.executable, "benchmarks/train_step.py", "--settings", "bf16", "fp32-cl", "bf16",
+                "--image-size", "8", "--batch-size", "4", "--steps", "1", "--warmup", "1"])
     row = r"^\| ([\w-]+) \| ([\d,]+) \| [\d,]+-[\d,]+ \| ([\d.]+)x \| ([\d.,]+) \| ([\d.]+|n/a) \| ([\d.]+) \|$"
     rows = re.findall(row, out, re.M)
-    assert [r[0] for r in rows] == ["fp32", "bf16", "fp32-cl"]  # fp32, the reference, always first
+    assert [r[0] for r in rows] == ["fp32", "bf16", "fp32-cl"]  # fp32, the reference, first; each setting once
     assert rows[0][2] == "1.00"
     assert all(int(r[1].replace(",", "")) > 0 for r in rows)
     assert "One training step: 0.061 GFLOP" in out  # 8 px: 1/16 of the 32-px step's 0.244 GFLOP per image, x 4
     assert re.search(r"\d+ cores x [\d.]+ GHz x 32 FLOP/cycle|theoretical peak: n/a", out)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--steps", "0"], "--steps/--warmup: expected >= 1 timed and >= 0 warm-up steps, got 0/3"),
+    (["--flops-per-cycle", "0"], "--flops-per-cycle: expected a positive integer, got 0"),
+    (["--settings", "fp16"], "argument --settings: invalid choice: 'fp16'"),
+])
+def test_train_step_refuses_bad_arguments(args, message):
+    result = subprocess.run([sys.executable, "benchmarks/train_step.py", *args], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and message in result.stderr

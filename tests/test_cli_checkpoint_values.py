@@ -60,3 +60,22 @@ def test_values_equal_to_the_checkpoints_or_left_at_the_default_run(checkpoint, 
     assert "test_top1_err" in cli.trainer.callback_metrics
     with pytest.raises(ConfigError, match=r"^model.init_args.calibration_bins: expected the checkpoint's value 20 "):
         run_test(edited, "--model.init_args.calibration_bins", "30")
+
+
+@pytest.mark.usefixtures("plain_argv")
+def test_a_class_path_that_names_the_same_class_is_not_a_difference(checkpoint, tmp_path):
+    """A ``crl study`` checkpoint saves the criterion's defining module (``crl_lightning.losses.modules.X``), the
+    configs write the re-export (``crl_lightning.losses.X``): the same class, so the README's predict command with
+    the config runs on a study checkpoint. Guards against comparing class paths as strings."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    criterion = state["hyper_parameters"]["criterion"]
+    assert criterion["class_path"] == "crl_lightning.losses.CompetingRatioLoss"
+    criterion["class_path"] = "crl_lightning.losses.modules.CompetingRatioLoss"
+    edited = tmp_path / "modules_path.ckpt"
+    torch.save(state, edited)
+    cli = run_test(edited)
+    assert "test_top1_err" in cli.trainer.callback_metrics
+    with pytest.raises(ConfigError, match=r"^model.init_args.criterion.class_path: expected the checkpoint's value "
+                                          r"'crl_lightning.losses.modules.CompetingRatioLoss' .* got 'crl_lightning."
+                                          r"losses.FocalLoss'"):
+        run_test(edited, "--model.init_args.criterion", "crl_lightning.losses.FocalLoss")

@@ -129,3 +129,24 @@ def test_study_help_says_95_percent_ci(capsys):
     with pytest.raises(SystemExit):
         main(["study", "--help"])
     assert "(95 % CI," in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_error_re_raised_from_a_dataloader_worker_reads_as_its_own_message():
+    """torch re-raises a worker's error with the worker's whole traceback in its message; the line keeps the
+    original message (without its type when this package defines it) and says which worker."""
+    from torch._utils import ExceptionWrapper
+
+    from crl_lightning.data.datasets import CorruptImageError
+
+    lines = []
+    for exc in (CorruptImageError("cannot decode image /d/a.png (OSError: image file is truncated)"),
+                KeyError("boom")):
+        try:
+            raise exc
+        except Exception:  # noqa: BLE001 -- wrapped as a DataLoader worker does
+            wrapped = ExceptionWrapper(where="in DataLoader worker process 3")
+        with pytest.raises(type(exc)) as raised:
+            wrapped.reraise()
+        lines.append(error_message(raised.value))
+    assert lines == ["cannot decode image /d/a.png (OSError: image file is truncated) (in DataLoader worker process 3)",
+                     "KeyError: 'boom' (in DataLoader worker process 3)"]

@@ -54,6 +54,14 @@ def test_load_state_dict_refuses_malformed_stats_and_sizes(tmp_path):
         dm.load_state_dict({"stats": {"mean": [0.5]}})
     with pytest.raises(ValueError, match=r"'input_size': expected \[H, W\] in pixels, got \[32\]"):
         dm.load_state_dict({"input_size": [32]})
+    for bad in ({"mean": ["a"] * 3, "std": [0.2] * 3}, {"mean": [0.5] * 3, "std": [None] * 3},
+                {"mean": [0.5] * 2, "std": [0.2] * 2}, {"mean": [0.5], "std": [0.2]},
+                {"mean": [float("nan")] * 3, "std": [0.2] * 3}, {"mean": [0.5] * 3, "std": [True] * 3}):
+        with pytest.raises(ValueError, match=r"^ImageFolderDataModule checkpoint state 'stats': expected .* of 3 "
+                                             r"finite numbers each \(one per input channel\), std > 0, got"):
+            dm.load_state_dict({"stats": bad})
+    with pytest.raises(ValueError, match=r"^ImageFolderDataModule checkpoint state: expected a dict, got list"):
+        dm.load_state_dict([0.5, 0.2])
     assert dm.stats is None
     dm.load_state_dict({})  # a checkpoint of an older version: nothing to take
     assert dm.stats is None
@@ -102,6 +110,9 @@ def test_test_and_predict_of_a_checkpoint_do_not_read_the_training_images(config
     tested = build_cli(["test", *common, "--ckpt_path", str(ckpt)])
     assert tested.datamodule.stats == trained and "train" not in tested.datamodule.datasets
     assert np.isfinite(tested.trainer.callback_metrics["test_top1_err"].item())
+    validated = build_cli(["validate", *common, "--ckpt_path", str(ckpt)])
+    assert "train" not in validated.datamodule.datasets
+    assert np.isfinite(validated.trainer.callback_metrics["val_top1_err"].item())
     predicted = build_cli(["predict", *common, "--ckpt_path", str(ckpt)])
     assert "train" not in predicted.datamodule.datasets
     out = next(Path(predicted.trainer.log_dir).glob(PREDICTIONS_FILENAME))

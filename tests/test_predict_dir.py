@@ -148,3 +148,17 @@ def test_prediction_writer_refuses_a_batch_that_lost_samples():
         writer.write_on_batch_end(None, None, probs, [0, 1, 2], [probs, torch.tensor([0, 1])], 7, 0)
     writer.write_on_batch_end(None, None, probs, [4, 5], [probs, torch.tensor([2, 0])], 8, 0)
     assert writer._rows == [(4, 2, [0, 1, 2], [0.5, 0.3125, 0.1875]), (5, 0, [2, 1, 0], [0.625, 0.25, 0.125])]
+
+
+@pytest.mark.usefixtures("plain_argv")
+def test_predict_of_a_test_split_with_no_readable_image_fails_and_leaves_no_run_folder(tmp_path):
+    root = tmp_path / "data"
+    write_image_folder(root, {"train": 2, "test": 1}, size=(32, 32))
+    for image in (root / "test").rglob("*.png"):
+        truncate(image)
+    with pytest.raises(ValueError, match=r"^ImageFolderDataModule: expected at least one readable image in the test "
+                                         r"split to predict, got none of 3 \(bad_images='skip'"):
+        main(["predict", "--config", str(CONFIGS / "image_folder_cpu.yaml"), "--data.init_args.data_dir", str(root),
+              "--data.init_args.bad_images", "skip", "--trainer.default_root_dir", str(tmp_path / "runs"),
+              "--trainer.enable_progress_bar", "false"])
+    assert list((tmp_path / "runs" / "lightning_logs").iterdir()) == []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence, Sized
+import math
+from collections.abc import Callable, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any, cast
 
@@ -236,18 +237,27 @@ class ImageDataModule(L.LightningDataModule):
         trained with. Splits set up before (Lightning restores a checkpoint after `setup`) get new transforms.
 
         Raises:
-            ValueError: ``"stats"`` is not ``{"mean": [...], "std": [...]}`` of equal lengths with positive std.
+            ValueError: the state is not a dict, or its ``"stats"`` is not ``{"mean": [...], "std": [...]}`` of
+                `in_chans` finite numbers each with positive std.
         """
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"{type(self).__name__} checkpoint state: expected a dict, got "
+                             f"{type(state_dict).__name__} {state_dict!r:.200}")
         stats = state_dict.get("stats")
         if stats is None:
             return
-        mean = stats.get("mean") if isinstance(stats, dict) else None
-        std = stats.get("std") if isinstance(stats, dict) else None
-        if not (isinstance(mean, list | tuple) and isinstance(std, list | tuple) and len(mean) == len(std) >= 1
-                and all(float(v) > 0 for v in std)):
+        mean = stats.get("mean") if isinstance(stats, Mapping) else None
+        std = stats.get("std") if isinstance(stats, Mapping) else None
+
+        def numbers(values: Any) -> bool:
+            return isinstance(values, list | tuple) and len(values) == self.in_chans and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+        if not (numbers(mean) and numbers(std)) or min(cast(list, std)) <= 0:
             raise ValueError(f"{type(self).__name__} checkpoint state 'stats': expected {{'mean': [...], 'std': "
-                             f"[...]}} of equal lengths with positive std, got {stats!r}")
-        restored = (tuple(float(m) for m in mean), tuple(float(v) for v in std))
+                             f"[...]}} of {self.in_chans} finite numbers each (one per input channel), std > 0, "
+                             f"got {stats!r:.200}")
+        restored = (tuple(float(m) for m in cast(list, mean)), tuple(float(v) for v in cast(list, std)))
         if self.stats is not None and not np.allclose(np.asarray(self.stats), np.asarray(restored), rtol=0,
                                                       atol=1e-6):
             log.warning("%s: the checkpoint's normalisation (mean %s, std %s) replaces mean %s, std %s: the "
@@ -261,25 +271,32 @@ class ImageDataModule(L.LightningDataModule):
                     dataset.transform = transform
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in ("fit", "validate", None) and "train" not in self.datasets:
+        if stage in ("fit", None) and "train" not in self.datasets:
             self._setup_fit()
+        elif stage == "validate" and "val" not in self.datasets:
+            self._setup_fit(train=False)  # validation only: the training images are not decoded or transformed
         if stage in ("test", "predict", None) and "test" not in self.datasets:
             self.datasets["test"] = self.wrap_dataset("test", self.build_dataset("test"))
         if stage == "predict":
             self._setup_predict()
 
-    def _setup_fit(self) -> None:
-        """``datasets["train"]`` and ``["val"]`` (and ``["test"]``, the same dataset, when val is the test split)."""
-        train = self.build_dataset("train")
+    def _setup_fit(self, train: bool = True) -> None:
+        """``datasets["val"]`` and, unless not ``train``, ``["train"]`` (``["test"]`` too when val is the test split).
+
+        ``train=False`` (``validate``) reads the training split only where the validation split is drawn from it.
+        """
+        drawn = not self.has_val_split and self.val_split > 0
+        samples = self.build_dataset("train") if train or drawn else None
         train_idx = val_idx = None
         if self.has_val_split:
             val = self.build_dataset("val")
-        elif self.val_split > 0:
-            train_idx, val_idx = self.split_indices(train)
-            val = train
+        elif samples is not None and drawn:
+            train_idx, val_idx = self.split_indices(samples)
+            val = samples
         else:
             val = self.build_dataset("test")
-        self.datasets["train"] = self.wrap_dataset("train", train, train_idx)
+        if train and samples is not None:
+            self.datasets["train"] = self.wrap_dataset("train", samples, train_idx)
         self.datasets["val"] = self.wrap_dataset("val", val, val_idx)
         if not self.has_val_split and self.val_split == 0:
             self.datasets.setdefault("test", self.datasets["val"])
@@ -319,6 +336,9 @@ class ImageDataModule(L.LightningDataModule):
         the batches are made, so that every prediction keeps its own sample index, file and true class (a batch
         that dropped a skipped sample would shift them). One line counts what was left out. Splits held in
         memory, or without image files, have nothing to skip: the test split itself is predicted.
+
+        Raises:
+            ValueError: no image of the test split is readable.
         """
         test = self.datasets["test"]
         inner = getattr(test, "dataset", None)
@@ -330,6 +350,9 @@ class ImageDataModule(L.LightningDataModule):
         if len(readable) == len(set(map(str, files))):
             return
         indices = [i for i in test.indices if str(paths[i]) in readable]
+        if not indices:
+            raise ValueError(f"{type(self).__name__}: expected at least one readable image in the test split to "
+                             f"predict, got none of {len(files)} (bad_images='skip' left them all out)")
         self.datasets["predict"] = TransformedSubset(cast(Dataset, inner), indices, test.transform)
         log.info("%s: predicting the test split: %d of its %d images, %d unreadable left out (bad_images='skip')",
                  type(self).__name__, len(indices), len(files), len(files) - len(indices))

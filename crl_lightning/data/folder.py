@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -281,9 +281,9 @@ class ImageFolderDataModule(ImageDataModule):
         """Take the normalisation and input size of a checkpoint's `state_dict` (the images are not read).
 
         Raises:
-            ValueError: ``"input_size"`` is not two positive integers, or the base's ``"stats"`` check fails.
+            ValueError: ``"input_size"`` is not two positive integers, or the base's checks fail.
         """
-        size = state_dict.get("input_size")
+        size = state_dict.get("input_size") if isinstance(state_dict, Mapping) else None  # else the base refuses it
         if size is not None:
             if not (isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) and v > 0
                                                                             for v in size)):
