@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -26,6 +27,7 @@ from crl_lightning.config_checks import (
     check_training_length,
     init_default,
     refuse_replaced_model_values,
+    warn_emulated_bf16,
 )
 from crl_lightning.data.base import ImageDataModule
 from crl_lightning.runs import (
@@ -126,6 +128,7 @@ class CRLCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         given = {name: self.config[self.subcommand].get(f"model.init_args.{name}") for name in LINKED_ARGUMENTS}
         super().instantiate_classes()
+        warn_emulated_bf16(self.trainer.precision, isinstance(self.trainer.accelerator, CPUAccelerator))
         for name, value in given.items():
             linked = getattr(self.datamodule, name, None)
             if value not in (None, linked, init_default(type(self.model), name)) and linked is not None:

@@ -424,10 +424,27 @@ def test_smoke_overlay_runs_one_short_epoch(tmp_path):
     assert record["num_samples"] == 32 and record["metrics"]["test_top1_err"] == pytest.approx(err)
 
 
-def test_speed_overlay_sets_bf16_and_channels_last(tmp_path):
+@pytest.mark.parametrize(("precision", "on_cpu", "native", "warned"), [
+    ("bf16-mixed", True, False, True), ("bf16-true", True, False, True), ("bf16-mixed", True, True, False),
+    ("bf16-mixed", False, False, False), ("32-true", True, False, False), ("16-mixed", True, False, False)])
+def test_emulated_bf16_warning_only_for_bf16_on_a_cpu_without_it(precision, on_cpu, native, warned, recwarn):
+    from crl_lightning.config_checks import warn_emulated_bf16
+
+    message = warn_emulated_bf16(precision, on_cpu, native_bf16=native)
+    assert (message is not None) is warned and len(recwarn) == int(warned)
+    if warned:
+        assert message.startswith(f"trainer.precision {precision}: this CPU has no native bf16")
+        assert message.endswith("set --trainer.precision 32-true") and str(recwarn[0].message) == message
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_speed_overlay_sets_bf16_and_channels_last(tmp_path, monkeypatch, recwarn, native):
+    monkeypatch.setattr("crl_lightning.config_checks.cpu_has_native_bf16", lambda: native)
     cli = build_cli(["fit", "--config", str(DIGITS), "--config", str(CONFIGS / "overlays" / "speed.yaml"),
                      *fast_args(tmp_path), "--test_after_fit", "false"])
     assert cli.model.hparams.channels_last is True
     assert cli.trainer.precision == "bf16-mixed"
     assert cli.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert math.isfinite(float(cli.trainer.callback_metrics["train_loss"]))
+    emulated = [w for w in recwarn if "no native bf16" in str(w.message)]
+    assert len(emulated) == int(not native)  # the CLI warns once, only where bf16 would be emulated
