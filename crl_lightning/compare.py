@@ -131,6 +131,19 @@ def _row_settings(record: dict[str, Any]) -> dict[str, Any]:
             and k != "criterion"}
 
 
+def _criterion_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's criterion settings as ``{"model.init_args.criterion.init_args.weight": [1.0, 5.0], ...}``.
+
+    Values stay whole (a list of class weights is one value), so a row label reads ``weight=[1.0, 5.0]``.
+    """
+    criterion = record["experiment"]["settings"].get("model", {}).get("init_args", {}).get("criterion")
+    if not isinstance(criterion, dict):
+        return {_CRITERION_KEY: criterion}
+    init_args = criterion.get("init_args") or {}
+    return {f"{_CRITERION_KEY}.class_path": criterion.get("class_path"),
+            **{f"{_CRITERION_KEY}.init_args.{k}": v for k, v in init_args.items()}}
+
+
 def _value_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -145,6 +158,8 @@ def _differences(settings: dict[str, Any], peers: Sequence[dict[str, Any]]) -> s
     everyone = [settings, *peers]
     shown = []
     for key in sorted(set().union(*everyone)):
+        if key.startswith(_CRITERION_KEY) and key not in settings:
+            continue  # criterion keys are in the rows that collided in one cell only (`comparison_table`)
         counts = Counter(json.dumps(row.get(key, "(unset)"), sort_keys=True, default=str) for row in everyone)
         if len(counts) == 1:
             continue
@@ -199,7 +214,9 @@ def comparison_table(
     """A markdown table of ``metric``: columns = criteria, rows = the rest of the experiment, cells = mean ± std (n).
 
     A row is one experiment but for its criterion, plus whether its records are tests of checkpoints; rows of
-    one dataset and network that differ elsewhere are labelled by the keys in which they differ. Columns are
+    one dataset and network that differ elsewhere are labelled by the keys in which they differ. Criteria that
+    share a label but not an experiment (the label names numbers only: class weights differ) get rows of their
+    own, labelled by the criterion keys in which they differ (``weight=[1.0, 5.0]``). Columns are
     sorted by label with cross-entropy (``CE``) first, as the paper's baseline column. Runs without ``metric``
     are left out of its cells. Each run counts once (`latest_runs`): a cell notes the reruns it left out, and
     says ``k folds`` when its runs are cross-validation folds.
@@ -222,18 +239,29 @@ def comparison_table(
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     cells: dict[tuple[tuple[str, str], str], list[tuple[float, int | None, int]]] = defaultdict(list)
     columns: dict[str, set[str]] = defaultdict(set)  # criterion label -> experiment ids with that label
+    placed = []
     for record in kept:
         value = record["metrics"].get(metric)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
         settings = _row_settings(record)
         row = (experiment_id(settings), str(record.get("command") or "fit"))
+        column = str(record["criterion"].get("label") or record["criterion"].get("name") or "unknown")
+        placed.append((record, float(value), settings, row, column))
+    # a label names a criterion by its class and numbers only: experiments whose criteria differ in what the
+    # label leaves out (class weights, a list of alphas) get rows of their own, never one cell
+    in_cell: dict[tuple[tuple[str, str], str], set[str]] = defaultdict(set)
+    for record, _, _, row, column in placed:
+        in_cell[(row, column)].add(record["experiment"]["id"])
+    for record, value, settings, row, column in placed:
+        if len(in_cell[(row, column)]) > 1:
+            settings = {**settings, **_criterion_settings(record)}
+            row = (experiment_id(settings), row[1])
         dataset = str(record["dataset"])
         rows[row] = {"base": f"{dataset.removesuffix('DataModule') or dataset} / {record['backbone']}",
                      "settings": settings}
-        column = str(record["criterion"].get("label") or record["criterion"].get("name") or "unknown")
         columns[column].add(record["experiment"]["id"])
-        cells[(row, column)].append((float(value), record.get("fold"), reruns.get(id(record), 0)))
+        cells[(row, column)].append((value, record.get("fold"), reruns.get(id(record), 0)))
     if not rows:
         raise ValueError(f"metric: expected one of {sorted(available)}, got {metric!r}")
     ordered = sorted(columns, key=lambda c: (not (c == "CE" or c.startswith("CE(")), c))

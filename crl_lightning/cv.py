@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from crl_lightning.runs import folder_lock, read_record, write_text_atomic
 from crl_lightning.statistics import mean_std_text
 
@@ -106,16 +104,6 @@ def run_cv(base_args: Sequence[str], folds: Sequence[int], root_dir: str | Path)
     return results
 
 
-def _config_value(configs: Sequence[str], section: str, key: str) -> str | None:
-    """``section.key`` of the merged YAML configs (the last one that sets it wins)."""
-    value = None
-    for path in configs:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-        value = (config.get(section) or {}).get(key, value)
-    return value
-
-
 def _check_data_has_folds(class_path: str | None) -> None:
     """Raise ValueError unless the DataModule at ``class_path`` takes a ``fold`` argument."""
     if class_path is None:
@@ -155,12 +143,15 @@ def main(args: Sequence[str] | None = None) -> None:
         parser.error("pass the folds with --folds K [K ...], not --data.fold")
     if len(set(opts.folds)) != len(opts.folds):
         parser.error(f"--folds: expected distinct folds, got {opts.folds}")
+    base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
+    from crl_lightning.cli import resolve_config
+
+    resolved = resolve_config(["fit", *base_args])  # the configs as every fold's run will read them
     try:
-        _check_data_has_folds(_config_value(opts.config, "data", "class_path"))
+        _check_data_has_folds((resolved.get("data") or {}).get("class_path"))
     except ValueError as err:
         parser.error(str(err))
-    root_dir = Path(opts.root_dir or _config_value(opts.config, "trainer", "default_root_dir") or "runs/cv")
-    base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
+    root_dir = Path(opts.root_dir or (resolved.get("trainer") or {}).get("default_root_dir") or "runs/cv")
     with folder_lock(root_dir, "crl cv"):  # one command at a time on a cv folder
         results = run_cv(base_args, opts.folds, root_dir)
     table = format_table(results, title=f"Cross-validation: {', '.join(opts.config)}")

@@ -144,7 +144,8 @@ def criterion_arguments(spec: str) -> tuple[str, list[str]]:
             the base config's criterion had) or the path of a YAML overlay (label: the file's stem).
 
     Raises:
-        ValueError: neither a registry name nor an existing ``.yaml``/``.yml`` file.
+        ValueError: neither a registry name nor an existing ``.yaml``/``.yml`` file; `ConfigError` (a ValueError)
+            for an overlay that is not valid YAML, naming the file and line.
     """
     import inspect
 
@@ -155,6 +156,9 @@ def criterion_arguments(spec: str) -> tuple[str, list[str]]:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ValueError(f"--criteria: expected a registry name or an overlay file, got {spec} (no such file)")
+        from crl_lightning.config_checks import check_config_files
+
+        check_config_files(["--config", str(path)])  # before any run trains: the file and line of a YAML error
         return path.stem, ["--config", str(path)]
     if spec not in list_criteria():
         raise ValueError(f"--criteria: expected a registry name {list_criteria()} or a .yaml overlay, got {spec!r}")
@@ -414,15 +418,15 @@ def main(args: Sequence[str] | None = None) -> None:
         parser.error(f"--budget-min: expected a positive number of minutes, got {opts.budget_min}")
     base_args = [a for path in opts.config for a in ("--config", path)] + passthrough
     out = Path(opts.out)
-    with folder_lock(out, "crl study"):  # one command at a time on a study folder
+    with folder_lock(out, "crl study"):  # one command at a time on a study folder, its report files included
         study = run_study(base_args, opts.criteria, seeds, out, budget_min=opts.budget_min)
-    curves = save_curves(study, out / "curves.png")
-    differences = save_paired_differences(study, out / "paired_differences.png")
-    study["files"] = {"study_md": "study.md", "curves": curves.name if curves else None,
-                      "paired_differences": differences.name if differences else None}
-    write_json(out / "study.json", study)
-    report = format_study(study)
-    write_text_atomic(out / "study.md", report)
+        curves = save_curves(study, out / "curves.png")
+        differences = save_paired_differences(study, out / "paired_differences.png")
+        study["files"] = {"study_md": "study.md", "curves": curves.name if curves else None,
+                          "paired_differences": differences.name if differences else None}
+        write_json(out / "study.json", study)
+        report = format_study(study)
+        write_text_atomic(out / "study.md", report)
     print(report)
     print(f"crl study: wrote {out / 'study.json'}, {out / 'study.md'}" + (f", {curves}" if curves else "")
           + (f", {differences}" if differences else "")

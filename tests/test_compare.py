@@ -311,3 +311,31 @@ def test_experiment_settings_leave_out_seed_fold_paths_and_display():
     changed = experiment_settings(other)
     assert experiment_id(changed) != experiment_id(a)
     assert config_changes(a, changed) == "data.init_args.batch_size: 128 -> 16; trainer.max_epochs: 5 -> 6"
+
+
+def test_criteria_that_differ_beyond_their_label_get_rows_of_their_own(tmp_path):
+    """Guards against pooling by criterion label: CRL with and without class weights share the label
+    ``CRL(alpha=1.5, beta=1)`` (numbers only) but are two experiments; CE beside them still shares one row."""
+
+    def config(criterion):
+        return {"model": {"class_path": "crl_lightning.ImageClassifier",
+                          "init_args": {"backbone": "preact_resnet20", "criterion": criterion}},
+                "data": {"class_path": "crl_lightning.data.DigitsDataModule", "init_args": {"batch_size": 64}},
+                "trainer": {"max_epochs": 5}}
+
+    crl_path = "crl_lightning.losses.CompetingRatioLoss"
+    plain = config({"class_path": crl_path, "init_args": {"alpha": 1.5, "beta": 1.0, "weight": None}})
+    weighted = config({"class_path": crl_path, "init_args": {"alpha": 1.5, "beta": 1.0, "weight": [1.0, 5.0]}})
+    ce = config({"class_path": "crl_lightning.losses.CrossEntropyLoss", "init_args": {}})
+    write_run(tmp_path / "plain", "DigitsDataModule", "preact_resnet20", CRL, 0, 1.0, config=plain)
+    write_run(tmp_path / "weighted", "DigitsDataModule", "preact_resnet20", CRL, 0, 9.0, config=weighted)
+    for seed, err in ((0, 2.0), (1, 4.0)):
+        write_run(tmp_path / f"ce{seed}", "DigitsDataModule", "preact_resnet20", CE, seed, err, config=ce)
+    table = comparison_table(load_records([tmp_path]))
+    assert table.splitlines()[2:] == [
+        "| experiment | CE | CRL(alpha=1.5, beta=1) |",
+        "|---|---|---|",
+        "| Digits / preact_resnet20 | 3.00 ± 1.41 (n=2) | – |",
+        "| Digits / preact_resnet20 (weight=[1.0, 5.0]) | – | 9.00 (n=1) |",
+        "| Digits / preact_resnet20 (weight=null) | – | 1.00 (n=1) |",
+    ]

@@ -241,16 +241,28 @@ def test_a_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, capsys)
 
 
 @pytest.mark.usefixtures("plain_argv")
-@pytest.mark.parametrize("command", ["fit", "study"])
-def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, command):
+@pytest.mark.parametrize("command", ["fit", "study", "study --criteria", "cv"])
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, command, capsys):
+    """Guards against jsonargparse's ``"<unicode string>"`` for a YAML error, on every way a config file enters:
+    ``--config`` of fit/study/cv, and a criterion overlay of ``crl study --criteria`` (checked before any run)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_epochs: 2\n   devices: 1\n")
-    args = ["study", "--criteria", "crl", "--seeds", "0", "--out", str(tmp_path / "s")] if command == "study" else [
-        "fit"]
-    with pytest.raises(ConfigError) as raised:
-        main([*args, "--config", DIGITS, "--config", str(bad)])
-    assert error_message(raised.value) == (f"{bad}, line 3, column 11: expected a YAML config, got a syntax error: "
-                                           "mapping values are not allowed here")
+    expected = (f"{bad}, line 3, column 11: expected a YAML config, got a syntax error: "
+                "mapping values are not allowed here")
+    study = ["study", "--seeds", "0", "--out", str(tmp_path / "s")]
+    args = {"fit": ["fit", "--config", DIGITS, "--config", str(bad)],
+            "study": [*study, "--criteria", "crl", "--config", DIGITS, "--config", str(bad)],
+            "study --criteria": [*study, "--criteria", "ce", str(bad), "--config", DIGITS],
+            "cv": ["cv", "--config", DIGITS, "--config", str(bad)]}[command]
+    if command == "study --criteria":  # an argparse error of `crl study` (exit 2), the message on stderr
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        assert exited.value.code == 2 and capsys.readouterr().err.strip().endswith(expected)
+    else:
+        with pytest.raises(ConfigError) as raised:
+            main(args)
+        assert error_message(raised.value) == expected
+    assert not (tmp_path / "s").exists()  # nothing trained
 
 
 @pytest.mark.slow

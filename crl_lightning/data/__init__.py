@@ -2,11 +2,12 @@
 
 from crl_lightning.data.adience import AdienceDataModule, AdienceFaces
 from crl_lightning.data.augment import Augmentation
-from crl_lightning.data.base import ImageDataModule, ImageFileDataModule
+from crl_lightning.data.base import ImageDataModule
 from crl_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from crl_lightning.data.cub import CUB2011, CUB200DataModule
 from crl_lightning.data.datasets import CorruptImageError, ImageFileDataset, TensorImageDataset, TransformedSubset
 from crl_lightning.data.digits import DigitsDataModule
+from crl_lightning.data.files import ImageFileDataModule
 from crl_lightning.data.folder import ImageFolderDataModule
 from crl_lightning.data.imagenet import ImageNetDataModule
 from crl_lightning.data.splits import (

@@ -28,8 +28,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from crl_lightning.data import transforms as T
-from crl_lightning.data.base import ImageFileDataModule
 from crl_lightning.data.datasets import BadImagePolicy, ImageFileDataset, check_files_exist
+from crl_lightning.data.files import ImageFileDataModule
 from crl_lightning.data.splits import check_subject_exclusive, subject_kfold, subject_train_val_split
 
 __all__ = [

@@ -11,8 +11,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from crl_lightning.data.base import ImageFileDataModule
 from crl_lightning.data.datasets import BadImagePolicy, ImageFileDataset, check_files_exist
+from crl_lightning.data.files import ImageFileDataModule
 
 __all__ = [
     "CUB2011",

@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import find_classes
 
-from crl_lightning.data.base import ImageFileDataModule
 from crl_lightning.data.datasets import ImageFileDataset, is_image_file
+from crl_lightning.data.files import ImageFileDataModule
 from crl_lightning.data.folder import list_image_folder
 
 __all__ = ["ImageNetDataModule", "list_flat_val"]
