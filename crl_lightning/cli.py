@@ -234,7 +234,6 @@ def resolve_config(args: Sequence[str]) -> dict[str, Any]:
     Raises:
         argparse.ArgumentError, ConfigError: as `build_cli`.
     """
-    check_config_files(args)
     try:
         _new_cli(_ResolvingCLI, args, None)
     except _Resolved as resolved:
