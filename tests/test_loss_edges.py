@@ -336,3 +336,150 @@ def test_class_weights_stay_out_of_the_state_dict_and_refuse_two_dimensions(cls,
     assert torch.equal(criterion.weight, torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match=r"^weight: expected a 1-D list of per-class weights, got shape \(2, 2\)$"):
         cls(**{key: [[1.0, 2.0], [3.0, 4.0]]})
+
+
+# ----- dtypes, empty and degenerate batches, masked classes, higher-rank logits ---------------------------------
+@pytest.mark.parametrize("fused", [True, False])
+def test_loss_dtype_follows_the_logits_not_the_weight_or_soft_target(fused):
+    """float32 (and bfloat16) logits give a float32 loss, float64 logits a float64 one, whatever the dtype of the
+    class weight, focal ``alpha`` or soft target. Guards against a ``.to(x.dtype)`` on the weight, ``alpha`` or
+    soft target being dropped: a float64 weight would then promote the loss (and its gradient) to float64."""
+    target = torch.tensor([0, 2, 1, 2])
+    w64 = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    soft64 = torch.softmax(torch.tensor(ROWS, dtype=torch.float64) * 2, 1)
+    for dtype, want in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                        (torch.float64, torch.float64)):
+        logits = torch.tensor(ROWS, dtype=dtype)
+        for reduction in ("none", "mean"):
+            assert competing_ratio_loss(logits, target, weight=w64, reduction=reduction, fused=fused).dtype == want
+            assert competing_ratio_loss(logits, soft64, reduction=reduction, fused=fused).dtype == want
+            assert competing_ratio_loss(logits, soft64, weight=w64, label_smoothing=0.1, reduction=reduction,
+                                        fused=fused).dtype == want
+            assert competing_ratio_loss(logits, target, weight=w64, label_smoothing=0.1, reduction=reduction,
+                                        fused=fused).dtype == want
+            assert focal_loss(logits, target, alpha=w64, reduction=reduction).dtype == want
+            assert poly1_cross_entropy(logits, target, reduction=reduction).dtype == want
+    weighted = competing_ratio_loss(torch.tensor(ROWS), target, weight=w64, reduction="none", fused=fused)
+    rows = crl_rows(ROWS, target.tolist(), 1.5, 1.0)
+    want = [r * w64[c].item() for r, c in zip(rows, target.tolist(), strict=True)]
+    assert weighted.tolist() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_target_ignored_with_an_ignore_index_that_is_a_class(fused):
+    """``ignore_index = 0`` (a class) and every target 0: every row is ignored, so ``none`` gives zeros and
+    ``mean``/``sum`` 0. Guards against the all-valid shortcut asking "is some target *not* ignore_index" instead of
+    "is some target ignore_index" (the mask would be skipped: each row would add ``beta * log(alpha)``)."""
+    logits, target = torch.tensor(ROWS), torch.zeros(4, dtype=torch.long)
+    for reduction in ("none", "mean", "sum"):
+        got = competing_ratio_loss(logits, target, ignore_index=0, reduction=reduction, fused=fused)
+        assert torch.count_nonzero(got) == 0
+        assert torch.count_nonzero(focal_loss(logits, target, ignore_index=0, reduction=reduction)) == 0
+        assert torch.count_nonzero(poly1_cross_entropy(logits, target, ignore_index=0, reduction=reduction)) == 0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_an_empty_batch_gives_zero_and_a_single_target_is_still_checked(fused):
+    """An empty batch (N = 0) gives a ``mean`` of 0 (not NaN, and no error from reading the range of no targets);
+    a batch of one out-of-range target is refused like any other. Guards against the range check's "nothing to
+    check" test moving from ``numel() == 0`` to another size (an empty batch would then fail in ``aminmax``, a
+    single target would go unchecked)."""
+    empty = competing_ratio_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), fused=fused)
+    assert empty.item() == 0.0
+    assert focal_loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).item() == 0.0
+    for call in (competing_ratio_loss, focal_loss, poly1_cross_entropy):
+        with pytest.raises(ValueError, match=r"expected class indices in \[0, 3\) or ignore_index=-100, got 3"):
+            call(torch.zeros(1, 3), torch.tensor([3]))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_vmap_over_batches_with_ignored_targets_matches_a_loop(fused):
+    """Under ``torch.func.vmap`` the target has no values to read, so the loss must keep the ``ignore_index`` mask:
+    the batched result equals the per-batch loop (and the closed form: ignored rows excluded from the mean).
+    Guards against the range check reporting "none ignored" for traced or batched targets (ignored rows would then
+    count ``beta * log(alpha)`` each and enter the mean's denominator)."""
+    from torch.func import vmap
+
+    logits = torch.tensor([ROWS, [r[::-1] for r in ROWS]])
+    target = torch.tensor([[0, -100, 2, 1], [-100, -100, 1, 0]])
+    got = vmap(lambda z, t: competing_ratio_loss(z, t, fused=fused))(logits, target)
+    loop = torch.stack([competing_ratio_loss(z, t, fused=fused) for z, t in zip(logits, target, strict=True)])
+    assert got.tolist() == pytest.approx(loop.tolist(), rel=1e-6)
+    first = crl_rows([ROWS[0], ROWS[2], ROWS[3]], [0, 2, 1], 1.5, 1.0)
+    assert got[0].item() == pytest.approx(sum(first) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_single_class_with_an_ignored_target(fused):
+    """C = 1: ``p_c = 1``, so CE = 0, CRL = ``beta * log(alpha)``, focal = poly-1 = 0; the ignored row is left out.
+    Guards against ignored targets being replaced by class 1 rather than 0 before indexing (with one class,
+    index 1 does not exist)."""
+    logits, target = torch.tensor([[0.3], [-2.0]]), torch.tensor([0, -100])
+    got = competing_ratio_loss(logits, target, weight=torch.tensor([2.0]), reduction="none", fused=fused)
+    assert got.tolist() == pytest.approx([2.0 * math.log(1.5), 0.0], abs=1e-6)
+    assert competing_ratio_loss(logits, target, fused=fused).item() == pytest.approx(math.log(1.5), rel=1e-6)
+    assert focal_loss(logits, target, alpha=[0.5]).item() == 0.0
+    assert poly1_cross_entropy(logits, target).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_masked_class_with_logit_minus_inf_is_as_if_absent(fused):
+    """A non-target class with logit ``-inf`` (a masked class) has ``p = 0``: the loss equals the loss without that
+    column, finite, with no smoothing (label_smoothing 0). Guards against the smoothing term being added with
+    weight 0 (``>= 0`` for ``> 0``): ``0 * inf`` of the masked class would turn every row NaN."""
+    masked = torch.tensor([[*row, -math.inf] for row in ROWS])
+    target = torch.tensor([0, 1, 2, 0])
+    for alpha in (1.5, 1e-4):  # 1e-4 < FUSED_MIN_ALPHA: the reference path even when fused=True
+        got = competing_ratio_loss(masked, target, alpha=alpha, reduction="none", fused=fused)
+        assert got.isfinite().all()
+        assert got.tolist() == pytest.approx(crl_rows(ROWS, target.tolist(), alpha, 1.0), rel=1e-5)
+
+
+def test_baselines_on_three_dimensional_logits_use_the_class_dimension():
+    """(N, C, L) logits (a sequence or a 1-D signal): focal and poly-1 take the softmax over dim 1 at every
+    position, equal to the per-position (N * L, C) loss. Guards against the softmax dimension being left
+    implicit: for 3-D input PyTorch's implicit choice is dim 0, the batch."""
+    logits = torch.tensor([ROWS[:3], ROWS[1:]]).transpose(1, 2)  # (2, 3 classes, 3 positions)
+    target = torch.tensor([[0, 2, 1], [1, 1, 0]])
+    flat_logits, flat_target = logits.transpose(1, 2).reshape(-1, 3), target.reshape(-1)
+    for call in (focal_loss, poly1_cross_entropy, competing_ratio_loss):
+        got = call(logits, target, reduction="none")
+        assert got.shape == (2, 3)
+        assert got.reshape(-1).tolist() == pytest.approx(call(flat_logits, flat_target, reduction="none").tolist(),
+                                                         rel=1e-6)
+
+
+def test_logits_that_are_not_a_batch_of_scores_are_named_by_what_they_are():
+    """A 1-D tensor is reported by its shape, a list by its type, also when a list ``weight`` comes with it.
+    Guards against the message losing what was got (``None``, the wrong type name) and against the list weight
+    asking a non-tensor for its device before the logits are checked (an AttributeError instead)."""
+    for call in (competing_ratio_loss, focal_loss, poly1_cross_entropy):
+        shape = r"\(N, C\) or \(N, C, d1, \.\.\., dk\)"
+        with pytest.raises(ValueError, match=rf"^logits: expected a tensor of shape {shape}, got \(3,\)$"):
+            call(torch.zeros(3), torch.tensor([0]))
+        with pytest.raises(ValueError, match=r"^logits: expected a tensor of shape .*, got list$"):
+            call([[0.0, 1.0]], torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"^logits: expected a tensor of shape .*, got list$"):
+        competing_ratio_loss([[0.0, 1.0]], torch.tensor([0]), weight=[1.0, 2.0])
+
+
+def test_a_list_weight_goes_to_the_logits_device():
+    """As for focal's ``alpha``: CRL's list ``weight`` is built on the logits' device (meta stands in for a GPU).
+    Guards against building it without the logits (on the CPU: an error on an accelerator)."""
+    logits, target = torch.zeros(2, 2, device="meta"), torch.zeros(2, dtype=torch.long, device="meta")
+    for fused in (True, False):
+        assert competing_ratio_loss(logits, target, weight=[1.0, 2.0], fused=fused).device.type == "meta"
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_traced_loss_keeps_the_ignore_mask_for_targets_it_was_not_traced_with(fused):
+    """``torch.jit.trace`` with targets where nothing is ignored, then called with ignored targets: the recorded
+    computation must still mask them (rows left out of the mean). Guards against the "traced" test requiring both
+    ``torch.compile`` and ``jit`` tracing (``and`` for ``or``): the range check would then read the example
+    target's values while tracing and bake "nothing ignored" into the graph."""
+    logits = torch.tensor(ROWS)
+    traced = torch.jit.trace(lambda z, c: competing_ratio_loss(z, c, fused=fused),
+                             (logits, torch.tensor([0, 1, 2, 0])), check_trace=False)
+    target = torch.tensor([0, -100, 2, -100])
+    want = crl_rows([ROWS[0], ROWS[2]], [0, 2], 1.5, 1.0)
+    assert traced(logits, target).item() == pytest.approx(sum(want) / 2, rel=1e-6)
