@@ -453,8 +453,8 @@ def test_logits_that_are_not_a_batch_of_scores_are_named_by_what_they_are():
     """A 1-D tensor is reported by its shape, a list by its type, also when a list ``weight`` comes with it.
     Guards against the message losing what was got (``None``, the wrong type name) and against the list weight
     asking a non-tensor for its device before the logits are checked (an AttributeError instead)."""
+    shape = r"\(N, C\) or \(N, C, d1, \.\.\., dk\)"
     for call in (competing_ratio_loss, focal_loss, poly1_cross_entropy):
-        shape = r"\(N, C\) or \(N, C, d1, \.\.\., dk\)"
         with pytest.raises(ValueError, match=rf"^logits: expected a tensor of shape {shape}, got \(3,\)$"):
             call(torch.zeros(3), torch.tensor([0]))
         with pytest.raises(ValueError, match=r"^logits: expected a tensor of shape .*, got list$"):

@@ -564,6 +564,8 @@ def test_bad_targets():
         competing_ratio_loss(torch.randn(3), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="weight: expected a 1-D tensor of 3"):
         competing_ratio_loss(logits, torch.tensor([0, 1]), weight=torch.ones(4))
+    with pytest.raises(TypeError, match=r"^logits: expected a floating-point tensor, got dtype torch.int64$"):
+        competing_ratio_loss(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 1]))
 
 
 @pytest.mark.parametrize("criterion", [competing_ratio_loss, focal_loss, poly1_cross_entropy])
@@ -763,9 +765,18 @@ def test_weight_that_requires_grad_gets_its_gradient():
     torch.testing.assert_close(*grads)
 
 
-@pytest.mark.parametrize("bad", [-100.0, 2**63, "x"])
+@pytest.mark.parametrize("bad", [-100.0, 2**63, -(2**63) - 1, "x"])
 def test_ignore_index_must_be_an_int64(bad):
     with pytest.raises(TypeError, match=r"ignore_index: expected a 64-bit integer \(default -100\), got"):
         competing_ratio_loss(torch.randn(2, 3), torch.tensor([0, 1]), ignore_index=bad)
     with pytest.raises(TypeError, match="ignore_index"):
         CompetingRatioLoss(ignore_index=bad)
+
+
+@pytest.mark.parametrize("ignore_index", [-(2**63), -(2**62), -1000, 2**63 - 1])
+def test_every_int64_ignore_index_is_accepted_and_masks(ignore_index):
+    """The int64 range is closed at both ends. Guards against a lower bound that refuses a valid int64 (``<``
+    for ``<=`` at -2**63, or a mistyped bound such as ``-(2 * 63)``) or accepts one beyond it."""
+    logits, target = torch.randn(3, 4), torch.tensor([0, ignore_index, 2])
+    torch.testing.assert_close(competing_ratio_loss(logits, target, ignore_index=ignore_index),
+                               competing_ratio_loss(logits[[0, 2]], target[[0, 2]]))

@@ -1,8 +1,9 @@
-"""`crl_lightning.statistics` at its edges: n = 0, 1, 2, all-equal differences, zeros and ties in Wilcoxon.
+"""`crl_lightning.statistics`: summaries, the paired tests at their edges (n = 0, 1, 2, all-equal differences, zeros
+and ties in Wilcoxon), Holm's correction and the paired-t power, minimum detectable difference and seeds needed.
 
 References are closed forms written here: the t quantile and the t-test p-value for 1 and 2 degrees of
-freedom (Cauchy and the df=2 t distribution have elementary CDFs), and Wilcoxon p-values by enumerating
-every sign assignment of the ranks.
+freedom (Cauchy and the df=2 t distribution have elementary CDFs), Wilcoxon p-values by enumerating
+every sign assignment of the ranks, hand-sorted Holm products, published power tables and a simulation.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import math
 
 import pytest
 
-from crl_lightning.statistics import paired_comparison, summarize
+from crl_lightning.statistics import (
+    holm_adjust,
+    mean_std_text,
+    min_detectable_difference,
+    paired_comparison,
+    paired_t_power,
+    seeds_needed,
+    summarize,
+)
 
 #: t_{0.975, 1} = tan(0.475 pi) (Cauchy quantile); t_{0.975, 2} = (2p - 1) / sqrt(2 p (1 - p)), p = 0.975.
 T975_DF1 = math.tan(math.pi * 0.475)
@@ -67,7 +76,32 @@ def test_summarize_edges_n0_n1_n2():
     assert summarize([2.0, 2.0, 2.0])["std"] == 0.0
 
 
+def test_mean_std_text_digits_one_value_and_none():
+    """Guards against the std being printed for one value (it is undefined), the digits being ignored for either
+    number, a population std, and an empty list giving ``"nan"`` or a ``TypeError`` instead of the message."""
+    assert mean_std_text([1.0, 2.0, 4.0], 2) == "2.33 ± 1.53"  # mean 7/3, sample std sqrt(7/3) = 1.5275
+    assert mean_std_text([1.0, 3.0], 3) == "2.000 ± 1.414"  # ddof=1: sqrt(2); ddof=0 would give 1.000
+    assert mean_std_text([5.0], 1) == "5.0"
+    with pytest.raises(ValueError, match=r"^values: expected at least one value, got none$"):
+        mean_std_text([], 2)
+
+
 # ----- paired_comparison --------------------------------------------------------------------------------
+def test_paired_comparison_against_hand_computed_values():
+    base = [1.0, 2.0, 3.0, 4.0, 5.0]
+    other = [1.5, 1.9, 3.6, 4.2, 5.3]  # differences 0.5, -0.1, 0.6, 0.2, 0.3
+    c = paired_comparison(base, other)
+    sd = math.sqrt(0.075)  # sum of squared deviations from 0.3 is 0.30, over n - 1 = 4
+    assert c["n"] == 5 and c["mean_diff"] == pytest.approx(0.3) and c["std_diff"] == pytest.approx(sd)
+    assert c["t"] == pytest.approx(0.3 / (sd / math.sqrt(5)))  # 2.4495
+    assert c["t_pvalue"] == pytest.approx(0.07048, abs=5e-5)  # two-sided, 4 degrees of freedom
+    half = 2.7764451 * sd / math.sqrt(5)  # t_{0.975, 4}
+    assert (c["ci_low"], c["ci_high"]) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+    # Wilcoxon: ranks of |d| 1..5, negative rank sum 1; P(W <= 1) = 2/32 one-sided, 0.125 two-sided
+    assert c["wilcoxon_pvalue"] == pytest.approx(0.125)
+    assert (c["lower"], c["higher"], c["ties"]) == (1, 4, 0)
+
+
 def test_paired_n0_and_n1_return_counts_only():
     """Guards against the ``n < 2`` early return moving (a CI or a test on one pair) and against the counts
     ``lower``/``higher``/``ties`` swapping their comparisons."""
@@ -159,3 +193,107 @@ def test_paired_confidence_bounds_are_open(confidence):
 def test_paired_length_mismatch():
     with pytest.raises(ValueError, match=r"other: expected one value per base value \(2\), got 3"):
         paired_comparison([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+# ----- Holm ---------------------------------------------------------------------------------------------
+def test_holm_against_hand_computed_values():
+    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> max(0.06, 0.04) = 0.06
+    adjusted = holm_adjust([0.01, 0.04, 0.03, 0.005, None])
+    assert adjusted[:4] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06), pytest.approx(0.02)]
+    assert adjusted[4] is None
+    assert holm_adjust([0.4, 0.3]) == [pytest.approx(0.6), pytest.approx(0.6)]  # 0.3 x 2, then max(0.6, 0.4)
+    assert holm_adjust([0.9, 0.8, 0.7]) == [1.0, 1.0, 1.0]  # capped at 1
+    assert holm_adjust([]) == []
+
+
+# ----- power ---------------------------------------------------------------------------------------------
+def test_power_against_tables_and_a_simulation():
+    import numpy as np
+    from scipy import stats
+
+    # Cohen (1988) / G*Power, paired t, two-sided alpha 0.05: d_z = 1 has power 0.803 with 10 pairs, so 10
+    # pairs are the fewest for 80 %; d_z = 0.1 needs 787 pairs (G*Power 3.1), d_z = 0.5 needs 34
+    assert paired_t_power(1.0, 10) == pytest.approx(0.8031, abs=5e-4)
+    assert (seeds_needed(1.0, 1.0), seeds_needed(-0.5, 1.0), seeds_needed(0.1, 1.0)) == (10, 34, 787)
+    assert seeds_needed(0.01, 1.0) is None and seeds_needed(0.0, 1.0) is None  # > 1000
+    # the minimum detectable difference, by simulation: with 5 pairs of SD 2, the paired t-test rejects a true
+    # difference of mdd in 80 % of 40,000 draws (binomial SE 0.2 %; tolerance 1 %)
+    mdd = min_detectable_difference(2.0, 5)
+    assert paired_t_power(mdd / 2.0, 5) == pytest.approx(0.8, abs=1e-8)
+    diffs = np.random.default_rng(0).normal(mdd, 2.0, size=(40_000, 5))
+    t = diffs.mean(axis=1) / (diffs.std(axis=1, ddof=1) / np.sqrt(5))
+    assert np.mean(np.abs(t) > stats.t.ppf(0.975, 4)) == pytest.approx(0.8, abs=0.01)
+
+
+def test_power_at_zero_effect_is_alpha_and_symmetric_in_the_sign():
+    """With no true difference the two-sided test rejects at exactly its level: the power is ``alpha``, for any
+    ``alpha`` and n. Guards against ``alpha`` being ignored (or one-sided: ``1 - alpha``), a lower tail left out
+    (``alpha / 2``) and the sign of the effect mattering."""
+    for n in (2, 5, 30):
+        assert paired_t_power(0.0, n) == pytest.approx(0.05, abs=1e-12)
+        assert paired_t_power(0.0, n, alpha=0.01) == pytest.approx(0.01, abs=1e-12)
+    assert paired_t_power(-0.7, 12) == paired_t_power(0.7, 12)
+    assert paired_t_power(1.0, 10, alpha=0.01) < paired_t_power(1.0, 10)
+
+
+def test_power_of_an_effect_far_beyond_the_critical_value_is_one(monkeypatch):
+    """A huge effect has power 1. Some scipy versions give NaN for a noncentral-t tail far from the noncentrality
+    (1.17 does not): NaN is read as the tail's limit, 1 for the upper tail when the noncentrality is past the
+    critical value and 0 otherwise, and 0 for the lower tail, never a NaN power. Guards against the NaN branches
+    being swapped or dropped (simulated by making scipy's tails NaN)."""
+    from scipy import stats
+
+    for effect, n in ((60.0, 10), (200.0, 3), (-60.0, 10)):
+        assert paired_t_power(effect, n) == 1.0
+    monkeypatch.setattr(stats.nct, "sf", lambda *args: math.nan)
+    monkeypatch.setattr(stats.nct, "cdf", lambda *args: math.nan)
+    assert paired_t_power(60.0, 10) == 1.0  # noncentrality 190 > t_{0.975, 9} = 2.26
+    assert paired_t_power(0.1, 10) == 0.0  # noncentrality 0.32 < 2.26
+    monkeypatch.setattr(stats.nct, "cdf", lambda *args: 1e-3)  # a lower tail beside a NaN upper one
+    assert paired_t_power(60.0, 10) == 1.0  # capped: a power never exceeds 1
+    assert paired_t_power(0.1, 10) == 1e-3
+
+
+def test_power_functions_refuse_what_they_cannot_answer():
+    """The messages name the argument, the expected range and what was got."""
+    with pytest.raises(ValueError, match=r"^n: expected at least 2 pairs, got 1$"):
+        paired_t_power(1.0, 1)
+    with pytest.raises(ValueError, match=r"^n: expected at least 2 pairs, got 1$"):
+        min_detectable_difference(1.0, 1)
+    with pytest.raises(ValueError, match=r"^sd: expected >= 0, got -0.5$"):
+        min_detectable_difference(-0.5, 5)
+    for power in (0.05, 0.01, 1.0):
+        with pytest.raises(ValueError, match=rf"^power: expected a value in \(0.05, 1\), got {power}$"):
+            min_detectable_difference(1.0, 5, power=power)
+
+
+def test_min_detectable_difference_scales_with_sd_and_follows_power_and_alpha():
+    """The mdd is ``sd`` times the effect of the wanted power: 0 for sd 0, linear in sd, and at other power and
+    alpha it is where `paired_t_power` reaches that power; 2 pairs are enough to ask. n = 3 needs an effect above
+    2 (above 4 at alpha 0.01), so the search's upper end is doubled. Guards against power or alpha not reaching
+    the solver or the search for its interval (an interval without the root: brentq raises), a fixed interval and
+    ``n < 2`` becoming ``n <= 2``."""
+    assert min_detectable_difference(0.0, 5) == 0.0
+    assert min_detectable_difference(3.0, 7) == pytest.approx(3 * min_detectable_difference(1.0, 7), rel=1e-9)
+    for sd, n, power, alpha in ((1.0, 8, 0.9, 0.01), (0.5, 3, 0.8, 0.05), (2.0, 20, 0.5, 0.10), (1.0, 3, 0.8, 0.01),
+                                (1.0, 2, 0.8, 0.05)):
+        mdd = min_detectable_difference(sd, n, power=power, alpha=alpha)
+        assert paired_t_power(mdd / sd, n, alpha=alpha) == pytest.approx(power, abs=1e-8)
+    assert min_detectable_difference(1.0, 3) > 2.0
+
+
+def test_seeds_needed_is_the_fewest_pairs_that_reach_the_power():
+    """The answer r has power >= the wanted one and r - 1 pairs do not (or r = 2, the fewest a test allows); a
+    difference with sd 0 is certain at 2 pairs; beyond 1,000 pairs there is no answer. Guards against an
+    off-by-one in the bisection (``low = 2`` or ``mid > 2``: 2 is never returned), power or alpha not reaching the
+    search (also its 1,000-pair limit), and an effect other than ``mean_diff / sd``."""
+    assert seeds_needed(100.0, 1.0) == 2
+    assert seeds_needed(0.3, 0.0) == 2 and seeds_needed(-0.3, 0.0) == 2
+    for mean_diff, sd, power, alpha in ((1.0, 1.0, 0.9, 0.01), (2.0, 1.0, 0.8, 0.05), (0.4, 1.0, 0.95, 0.05)):
+        r = seeds_needed(mean_diff, sd, power=power, alpha=alpha)
+        assert r is not None and r > 2
+        assert paired_t_power(mean_diff / sd, r, alpha) >= power > paired_t_power(mean_diff / sd, r - 1, alpha)
+    assert seeds_needed(1.0, 1.0, power=0.9, alpha=0.01) > seeds_needed(1.0, 1.0)
+    assert seeds_needed(0.1, 1.0) == 787 and seeds_needed(0.05, 1.0) is None  # 0.05 needs about 3,100
+    assert seeds_needed(1.0, 2.0) == seeds_needed(0.5, 1.0) == 34  # the effect is mean_diff / sd
+    assert seeds_needed(0.1, 1.0, alpha=0.01) is None  # about 1,170 pairs at alpha 0.01

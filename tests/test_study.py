@@ -1,23 +1,15 @@
-"""``crl study`` (paired runs, resumability, report) and the statistics it prints; ``history.csv``."""
+"""``crl study`` (paired runs, resumability, report; the statistics themselves: test_statistics.py); ``history.csv``."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import pytest
 
 from crl_lightning.cli import main
-from crl_lightning.statistics import (
-    holm_adjust,
-    min_detectable_difference,
-    paired_comparison,
-    paired_t_power,
-    seeds_needed,
-    summarize,
-)
+from crl_lightning.statistics import holm_adjust, min_detectable_difference
 from crl_lightning.study import criterion_arguments, first_epoch_overhead, parse_seeds, study_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,63 +18,7 @@ CRITERIA = ["ce", "focal", "crl"]
 QUICK = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"]
 
 
-# ----- statistics ---------------------------------------------------------------------------------
-def test_paired_comparison_against_hand_computed_values():
-    base = [1.0, 2.0, 3.0, 4.0, 5.0]
-    other = [1.5, 1.9, 3.6, 4.2, 5.3]  # differences 0.5, -0.1, 0.6, 0.2, 0.3
-    c = paired_comparison(base, other)
-    sd = math.sqrt(0.075)  # sum of squared deviations from 0.3 is 0.30, over n - 1 = 4
-    assert c["n"] == 5 and c["mean_diff"] == pytest.approx(0.3) and c["std_diff"] == pytest.approx(sd)
-    assert c["t"] == pytest.approx(0.3 / (sd / math.sqrt(5)))  # 2.4495
-    assert c["t_pvalue"] == pytest.approx(0.07048, abs=5e-5)  # two-sided, 4 degrees of freedom
-    half = 2.7764451 * sd / math.sqrt(5)  # t_{0.975, 4}
-    assert (c["ci_low"], c["ci_high"]) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
-    # Wilcoxon: ranks of |d| 1..5, negative rank sum 1; P(W <= 1) = 2/32 one-sided, 0.125 two-sided
-    assert c["wilcoxon_pvalue"] == pytest.approx(0.125)
-    assert (c["lower"], c["higher"], c["ties"]) == (1, 4, 0)
-
-
-def test_paired_comparison_edge_cases():
-    same = paired_comparison([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
-    assert (same["t_pvalue"], same["wilcoxon_pvalue"], same["ties"]) == (1.0, 1.0, 3)
-    one = paired_comparison([1.0], [2.0])
-    assert one["mean_diff"] == 1.0 and one["ci_low"] is None and one["t_pvalue"] is None
-    shifted = paired_comparison([1.0, 2.0], [2.0, 3.0])  # constant difference: t undefined
-    assert shifted["t_pvalue"] is None and shifted["std_diff"] == 0.0
-    with pytest.raises(ValueError, match=r"expected one value per base value \(2\), got 1"):
-        paired_comparison([1.0, 2.0], [1.0])
-    assert summarize([1.0, 2.0, 4.0]) == {"n": 3, "mean": pytest.approx(7 / 3), "std": pytest.approx(math.sqrt(7 / 3))}
-    assert summarize([5.0]) == {"n": 1, "mean": 5.0, "std": None}
-
-
-def test_holm_against_hand_computed_values():
-    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> max(0.06, 0.04) = 0.06
-    adjusted = holm_adjust([0.01, 0.04, 0.03, 0.005, None])
-    assert adjusted[:4] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06), pytest.approx(0.02)]
-    assert adjusted[4] is None
-    assert holm_adjust([0.4, 0.3]) == [pytest.approx(0.6), pytest.approx(0.6)]  # 0.3 x 2, then max(0.6, 0.4)
-    assert holm_adjust([0.9, 0.8, 0.7]) == [1.0, 1.0, 1.0]  # capped at 1
-    assert holm_adjust([]) == []
-
-
-def test_power_against_tables_and_a_simulation():
-    import numpy as np
-    from scipy import stats
-
-    # Cohen (1988) / G*Power, paired t, two-sided alpha 0.05: d_z = 1 has power 0.803 with 10 pairs, so 10
-    # pairs are the fewest for 80 %; d_z = 0.1 needs 787 pairs (G*Power 3.1), d_z = 0.5 needs 34
-    assert paired_t_power(1.0, 10) == pytest.approx(0.8031, abs=5e-4)
-    assert (seeds_needed(1.0, 1.0), seeds_needed(-0.5, 1.0), seeds_needed(0.1, 1.0)) == (10, 34, 787)
-    assert seeds_needed(0.01, 1.0) is None and seeds_needed(0.0, 1.0) is None  # > 1000
-    # the minimum detectable difference, by simulation: with 5 pairs of SD 2, the paired t-test rejects a true
-    # difference of mdd in 80 % of 40,000 draws (binomial SE 0.2 %; tolerance 1 %)
-    mdd = min_detectable_difference(2.0, 5)
-    assert paired_t_power(mdd / 2.0, 5) == pytest.approx(0.8, abs=1e-8)
-    diffs = np.random.default_rng(0).normal(mdd, 2.0, size=(40_000, 5))
-    t = diffs.mean(axis=1) / (diffs.std(axis=1, ddof=1) / np.sqrt(5))
-    assert np.mean(np.abs(t) > stats.t.ppf(0.975, 4)) == pytest.approx(0.8, abs=0.01)
-
-
+# ----- the report ----------------------------------------------------------------------------------
 def test_fewer_than_three_pairs_give_no_test():
     runs = [{"criterion": c, "seed": s, "metrics": {"test_top1_err": v}, "fingerprint": {}}
             for c, s, v in (("ce", 0, 10.0), ("crl", 0, 9.0), ("ce", 1, 12.0), ("crl", 1, 12.5))]
