@@ -776,7 +776,8 @@ def test_ignore_index_must_be_an_int64(bad):
 @pytest.mark.parametrize("ignore_index", [-(2**63), -(2**62), -1000, 2**63 - 1])
 def test_every_int64_ignore_index_is_accepted_and_masks(ignore_index):
     """The int64 range is closed at both ends. Guards against a lower bound that refuses a valid int64 (``<``
-    for ``<=`` at -2**63, or a mistyped bound such as ``-(2 * 63)``) or accepts one beyond it."""
+    for ``<=`` at -2**63, or a mistyped bound such as ``-(2 * 63)``); one beyond it is refused in
+    `test_ignore_index_must_be_an_int64`."""
     logits, target = torch.randn(3, 4), torch.tensor([0, ignore_index, 2])
     torch.testing.assert_close(competing_ratio_loss(logits, target, ignore_index=ignore_index),
                                competing_ratio_loss(logits[[0, 2]], target[[0, 2]]))

@@ -139,23 +139,6 @@ def test_eval_metrics_names():
         "test_top1_err", "test_ece", "test_nll", "test_mean_class_acc"}
 
 
-def test_temperature_scaled_metrics_names_bins_and_values():
-    """``nll_ts``/``ece_ts`` under the prefix, 15 bins unless told, the values of `NegativeLogLikelihood` and
-    `ExpectedCalibrationError` of the logits they are updated with. Guards against a renamed key (the study and
-    ``crl compare`` read ``test_nll_ts``), a bin count not passed through and a default other than `eval_metrics`'."""
-    assert set(temperature_scaled_metrics(4).keys(keep_base=False)) == {"nll_ts", "ece_ts"}
-    collection = temperature_scaled_metrics(4, prefix="test_")
-    assert set(collection.keys(keep_base=False)) == {"test_nll_ts", "test_ece_ts"}
-    assert collection["ece_ts"].num_bins == 15 and temperature_scaled_metrics(4, 3)["ece_ts"].num_bins == 3
-    g = torch.Generator().manual_seed(0)
-    logits, target = 2 * torch.randn(64, 4, generator=g), torch.randint(0, 4, (64,), generator=g)
-    values = collection(logits / 1.5, target)
-    ece, nll = ExpectedCalibrationError(4), NegativeLogLikelihood(4)
-    assert values["test_ece_ts"].item() == pytest.approx(ece(logits / 1.5, target).item(), abs=1e-7)
-    assert values["test_nll_ts"].item() == pytest.approx(F.cross_entropy(logits / 1.5, target).item(), rel=1e-6)
-    assert values["test_nll_ts"].item() == pytest.approx(nll(logits / 1.5, target).item(), rel=1e-7)
-
-
 # ----- calibration, NLL, per-class --------------------------------------------------------------------
 def test_ece_hand_computed_two_bins():
     probs = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.4, 0.3, 0.3], [0.35, 0.33, 0.32]])
@@ -191,6 +174,24 @@ def test_nll_hand_values():
     nll.update(logits[:8], target[:8])
     nll.update(logits[8:], target[8:])
     assert nll.compute().item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-6)
+
+
+def test_temperature_scaled_metrics_names_bins_and_values():
+    """``nll_ts``/``ece_ts`` under the prefix, 15 bins unless told, the values of `NegativeLogLikelihood` and
+    `ExpectedCalibrationError` of the logits they are updated with. Guards against a renamed key (the study and
+    ``crl compare`` read ``test_nll_ts``), a bin count not passed through and a default other than
+    `ExpectedCalibrationError`'s 15 (Guo et al.)."""
+    assert set(temperature_scaled_metrics(4).keys(keep_base=False)) == {"nll_ts", "ece_ts"}
+    collection = temperature_scaled_metrics(4, prefix="test_")
+    assert set(collection.keys(keep_base=False)) == {"test_nll_ts", "test_ece_ts"}
+    assert collection["ece_ts"].num_bins == 15 and temperature_scaled_metrics(4, 3)["ece_ts"].num_bins == 3
+    g = torch.Generator().manual_seed(0)
+    logits, target = 2 * torch.randn(64, 4, generator=g), torch.randint(0, 4, (64,), generator=g)
+    values = collection(logits / 1.5, target)
+    ece, nll = ExpectedCalibrationError(4), NegativeLogLikelihood(4)
+    assert values["test_ece_ts"].item() == pytest.approx(ece(logits / 1.5, target).item(), abs=1e-7)
+    assert values["test_nll_ts"].item() == pytest.approx(F.cross_entropy(logits / 1.5, target).item(), rel=1e-6)
+    assert values["test_nll_ts"].item() == pytest.approx(nll(logits / 1.5, target).item(), rel=1e-7)
 
 
 def test_per_class_accuracy_with_an_absent_class():

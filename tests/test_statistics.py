@@ -163,6 +163,8 @@ def test_paired_all_equal_nonzero_differences():
     (a NaN t) and against the all-zero branch catching equal non-zero differences (p = 1)."""
     result = paired_comparison([1.0, 2.0, 3.0], [1.5, 2.5, 3.5])
     assert result["t"] is None and result["t_pvalue"] is None
+    two = paired_comparison([1.0, 2.0], [2.0, 3.0])  # the same at n = 2
+    assert two["t_pvalue"] is None and two["std_diff"] == 0.0 and two["wilcoxon_pvalue"] == pytest.approx(0.5)
     assert result["std_diff"] == 0.0 and result["ci_low"] == result["ci_high"] == 0.5
     assert result["wilcoxon_pvalue"] == pytest.approx(0.25)
     assert (result["lower"], result["higher"], result["ties"]) == (0, 3, 0)
@@ -227,8 +229,8 @@ def test_power_against_tables_and_a_simulation():
 
 def test_power_at_zero_effect_is_alpha_and_symmetric_in_the_sign():
     """With no true difference the two-sided test rejects at exactly its level: the power is ``alpha``, for any
-    ``alpha`` and n. Guards against ``alpha`` being ignored (or one-sided: ``1 - alpha``), a lower tail left out
-    (``alpha / 2``) and the sign of the effect mattering."""
+    ``alpha`` and n; the power of a two-sided test is the same for an effect and its negative. Guards against
+    ``alpha`` being ignored (or one-sided: ``1 - alpha``) and a lower tail left out (``alpha / 2``)."""
     for n in (2, 5, 30):
         assert paired_t_power(0.0, n) == pytest.approx(0.05, abs=1e-12)
         assert paired_t_power(0.0, n, alpha=0.01) == pytest.approx(0.01, abs=1e-12)
@@ -240,7 +242,8 @@ def test_power_of_an_effect_far_beyond_the_critical_value_is_one(monkeypatch):
     """A huge effect has power 1. Some scipy versions give NaN for a noncentral-t tail far from the noncentrality
     (1.17 does not): NaN is read as the tail's limit, 1 for the upper tail when the noncentrality is past the
     critical value and 0 otherwise, and 0 for the lower tail, never a NaN power. Guards against the NaN branches
-    being swapped or dropped (simulated by making scipy's tails NaN)."""
+    being swapped or dropped and against a signed noncentrality (a negative effect would then get power 0 there),
+    simulated by making scipy's tails NaN."""
     from scipy import stats
 
     for effect, n in ((60.0, 10), (200.0, 3), (-60.0, 10)):
@@ -248,6 +251,7 @@ def test_power_of_an_effect_far_beyond_the_critical_value_is_one(monkeypatch):
     monkeypatch.setattr(stats.nct, "sf", lambda *args: math.nan)
     monkeypatch.setattr(stats.nct, "cdf", lambda *args: math.nan)
     assert paired_t_power(60.0, 10) == 1.0  # noncentrality 190 > t_{0.975, 9} = 2.26
+    assert paired_t_power(-60.0, 10) == 1.0
     assert paired_t_power(0.1, 10) == 0.0  # noncentrality 0.32 < 2.26
     monkeypatch.setattr(stats.nct, "cdf", lambda *args: 1e-3)  # a lower tail beside a NaN upper one
     assert paired_t_power(60.0, 10) == 1.0  # capped: a power never exceeds 1
@@ -286,7 +290,7 @@ def test_seeds_needed_is_the_fewest_pairs_that_reach_the_power():
     """The answer r has power >= the wanted one and r - 1 pairs do not (or r = 2, the fewest a test allows); a
     difference with sd 0 is certain at 2 pairs; beyond 1,000 pairs there is no answer. Guards against an
     off-by-one in the bisection (``low = 2`` or ``mid > 2``: 2 is never returned), power or alpha not reaching the
-    search (also its 1,000-pair limit), and an effect other than ``mean_diff / sd``."""
+    search (also at its 1,000-pair limit), and an effect other than ``mean_diff / sd``."""
     assert seeds_needed(100.0, 1.0) == 2
     assert seeds_needed(0.3, 0.0) == 2 and seeds_needed(-0.3, 0.0) == 2
     for mean_diff, sd, power, alpha in ((1.0, 1.0, 0.9, 0.01), (2.0, 1.0, 0.8, 0.05), (0.4, 1.0, 0.95, 0.05)):
@@ -294,6 +298,7 @@ def test_seeds_needed_is_the_fewest_pairs_that_reach_the_power():
         assert r is not None and r > 2
         assert paired_t_power(mean_diff / sd, r, alpha) >= power > paired_t_power(mean_diff / sd, r - 1, alpha)
     assert seeds_needed(1.0, 1.0, power=0.9, alpha=0.01) > seeds_needed(1.0, 1.0)
-    assert seeds_needed(0.1, 1.0) == 787 and seeds_needed(0.05, 1.0) is None  # 0.05 needs about 3,100
+    assert seeds_needed(0.1, 1.0) == 787 and seeds_needed(0.05, 1.0) is None  # 0.05 needs about 3,140
+    assert seeds_needed(0.1, 1.0, power=0.9) is None  # about 1,050 pairs; 1,000 give power 0.885
     assert seeds_needed(1.0, 2.0) == seeds_needed(0.5, 1.0) == 34  # the effect is mean_diff / sd
     assert seeds_needed(0.1, 1.0, alpha=0.01) is None  # about 1,170 pairs at alpha 0.01

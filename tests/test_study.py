@@ -18,7 +18,7 @@ CRITERIA = ["ce", "focal", "crl"]
 QUICK = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"]
 
 
-# ----- the report ----------------------------------------------------------------------------------
+# ----- the report and the study's helpers ---------------------------------------------------------
 def test_fewer_than_three_pairs_give_no_test():
     runs = [{"criterion": c, "seed": s, "metrics": {"test_top1_err": v}, "fingerprint": {}}
             for c, s, v in (("ce", 0, 10.0), ("crl", 0, 9.0), ("ce", 1, 12.0), ("crl", 1, 12.5))]
